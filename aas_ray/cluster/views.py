@@ -1,0 +1,97 @@
+"""The two clustering views (SPEC §2): A = DBSCAN on d_J, B = FINCH on cosine distance."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+
+import warnings
+
+import numpy as np
+
+with warnings.catch_warnings():
+    # finch-clust warns when pynndescent is absent; we never take that path (see below).
+    warnings.simplefilter("ignore", UserWarning)
+    from finch import FINCH
+from sklearn.cluster import DBSCAN
+
+from aas_ray.checks import InputError
+from aas_ray.cluster.jaccard import JaccardGraph
+
+log = logging.getLogger(__name__)
+
+
+def dbscan_view(graph: JaccardGraph, eps: float = 0.6, min_samples: int = 4) -> np.ndarray:
+    """View A: DBSCAN on the sparse precomputed Jaccard distance; -1 = noise.
+
+    Pairs absent from the sparse graph have d_J = 1 and so are never eps-neighbours
+    for eps < 1, which is exactly the dense result.
+    """
+    if not 0.0 < eps < 1.0:
+        raise InputError(f"DBSCAN eps must be in (0, 1) for a Jaccard distance; got {eps}")
+    return DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed", n_jobs=1).fit_predict(graph.distance())
+
+
+def first_non_self_neighbour(knn_idx: np.ndarray) -> np.ndarray:
+    """FINCH's first integer neighbour from a self-inclusive kNN table."""
+    n = knn_idx.shape[0]
+    not_self = knn_idx != np.arange(n)[:, None]
+    col = np.argmax(not_self, axis=1)
+    return knn_idx[np.arange(n), col]
+
+
+def finch_partitions(
+    x: np.ndarray, first_neighbour: np.ndarray | None = None, ann_threshold: int = 5000
+) -> tuple[np.ndarray, list[int]]:
+    """All FINCH partitions (finest first) of unit features with cosine distance.
+
+    Passing the exact first neighbour from our FAISS search skips FINCH's own O(n^2)
+    level-0 search. Coarser levels with more than ``ann_threshold`` clusters use
+    FAISS HNSW inside finch-clust rather than a dense pairwise matrix.
+    """
+    if x.shape[0] < 2:
+        return np.zeros((x.shape[0], 1), dtype=np.int64), [x.shape[0]]
+    # finch-clust prints progress on stdout; route it to the log instead.
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        c, num_clust, _ = FINCH(
+            x,
+            initial_rank=first_neighbour,
+            distance="cosine",
+            ann_threshold=ann_threshold,
+            faiss_threshold=ann_threshold + 1,
+            verbose=False,
+            random_state=0,
+        )
+    if buf.getvalue().strip():
+        log.debug("FINCH: %s", buf.getvalue().strip())
+    return np.asarray(c, dtype=np.int64).reshape(x.shape[0], -1), [int(k) for k in num_clust]
+
+
+def choose_partition(num_clusters: list[int], partition: str | int, target: int) -> int:
+    """``auto``: the level whose cluster count is closest to ``target`` (SPEC §2, [ours]);
+    an integer picks a level directly (0 = finest), clipped to the levels FINCH found."""
+    if partition == "auto":
+        return int(np.argmin([abs(k - target) for k in num_clusters]))
+    level = int(partition)
+    if level < 0:
+        raise InputError(f"finch_partition must be 'auto' or a level >= 0; got {partition}")
+    return min(level, len(num_clusters) - 1)
+
+
+def finch_view(
+    x: np.ndarray,
+    partition: str | int = "auto",
+    target_clusters: int | None = None,
+    first_neighbour: np.ndarray | None = None,
+    ann_threshold: int = 5000,
+) -> np.ndarray:
+    """View B: one FINCH partition. ``auto`` needs ``target_clusters`` (view A's cluster count,
+    noise excluded)."""
+    parts, counts = finch_partitions(x, first_neighbour, ann_threshold)
+    if partition == "auto" and target_clusters is None:
+        raise InputError("finch_partition 'auto' needs view A's cluster count")
+    level = choose_partition(counts, partition, target_clusters or 0)
+    log.debug("FINCH levels %s, chose level %d", counts, level)
+    return parts[:, level]
