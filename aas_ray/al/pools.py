@@ -208,3 +208,16 @@ def under_segmentation_pool(
     outlier = labels_a < 0
     ptype = outlier[pairs[:, 0]].astype(np.int64) + outlier[pairs[:, 1]]
     return UnderSegmentationPool(pairs, region_id[pairs[:, 0]], ptype)
+
+
+def disagreeing_pairs(labels_a: np.ndarray, labels_b: np.ndarray, members: np.ndarray) -> np.ndarray:
+    """Eq. 1 listed explicitly, Ĩ = A+ △ B+ over ``members``: quadratic, for auditing small regions.
+
+    The samplers never call this; they use :func:`disagreement_counts` and Eq. 2 candidates.
+    """
+    m = np.sort(np.asarray(members))
+    a = singletons_to_clusters(labels_a)[m]
+    b = singletons_to_clusters(labels_b)[m]
+    iu, ju = np.triu_indices(m.size, k=1)
+    diff = (a[iu] == a[ju]) != (b[iu] == b[ju])
+    return np.stack([m[iu[diff]], m[ju[diff]]], axis=1)

@@ -95,3 +95,15 @@ def finch_view(
     level = choose_partition(counts, partition, target_clusters or 0)
     log.debug("FINCH levels %s, chose level %d", counts, level)
     return parts[:, level]
+
+
+def cluster_views(x: np.ndarray, cfg, use_gpu: bool | None = None) -> tuple[JaccardGraph, np.ndarray, np.ndarray]:
+    """Views A and B of unit features ``x`` with the ``cluster`` config section (SPEC §1-2)."""
+    from aas_ray.cluster.jaccard import jaccard_graph
+
+    graph = jaccard_graph(x, cfg.k1, cfg.k2, use_gpu=use_gpu)
+    a = dbscan_view(graph, cfg.eps, cfg.min_samples)
+    n_a = int(np.unique(a[a >= 0]).size)
+    b = finch_view(x, cfg.finch_partition, max(n_a, 1), first_non_self_neighbour(graph.knn_idx),
+                   cfg.finch_ann_threshold)
+    return graph, a, b

@@ -89,6 +89,12 @@ def open_set_split(
     n_unknown = min(n_unknown, train_ids.size - 1)
     unknown = np.sort(rng.choice(train_ids, size=n_unknown, replace=False)) if n_unknown else train_ids[:0]
     known = np.setdiff1d(train_ids, unknown)
+    if not np.isin(ids[test], known).any():
+        raise InputError(
+            "no test image belongs to a known training identity, so mAP and Top-k are undefined; "
+            "the dataset's split has disjoint identities (set data.use_split: false for a seeded "
+            "identity-aware split)"
+        )
     train = np.flatnonzero(~test & np.isin(ids, known))
     gallery = []
     t_ids = ids[train]

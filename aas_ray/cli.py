@@ -1,0 +1,153 @@
+"""The ``aas-ray`` command: datasets, evaluate, simulate, run, tune."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+log = logging.getLogger("aas_ray")
+
+REPO_CONFIGS = Path(__file__).resolve().parents[1] / "tune_configs"
+DEMO_CONFIG = REPO_CONFIGS / "demo.yaml"
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    for noisy in ("faiss.loader", "urllib3", "alembic", "matplotlib", "PIL", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _config(args):
+    from aas_ray.config import load_config
+
+    path = args.config
+    if path is None and DEMO_CONFIG.is_file():
+        path = DEMO_CONFIG
+    return load_config(path, args.set)
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", help=f"YAML config (default: {DEMO_CONFIG.name}, the embedded demo)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. al.epsilon=0.5")
+
+
+def cmd_datasets(args) -> int:
+    from aas_ray.config import DataConfig
+    from aas_ray.data import describe_datasets
+
+    root = Path(args.data_root).expanduser() if args.data_root else None
+    rows = describe_datasets(root, lambda name, r: DataConfig(name=name, root=r, cache_dir=args.cache_dir))
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    print(f"{'name':26s} {'kind':10s} {'present':8s} {'images':>7s} {'ids':>5s}  root / description")
+    for r in rows:
+        present = "yes" if r["present"] is True else ("-" if r["present"] == "-" else "no")
+        print(f"{r['name']:26s} {r['kind']:10s} {present:8s} {r['images'] or '':>7} {r['identities'] or '':>5}  "
+              f"{r['root'] or r['description']}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from aas_ray.experiment.setup import save_split
+    from aas_ray.experiment.zeroshot import zero_shot
+
+    cfg = _config(args)
+    res = zero_shot(cfg)
+    out = Path(cfg.output_dir) / f"zeroshot-{cfg.data.name}"
+    out.mkdir(parents=True, exist_ok=True)
+    save_split(res["data"].cat, res["split"], out / "split.csv")
+    (out / "metrics.json").write_text(json.dumps(res["metrics"], indent=1))
+    log.info("zero-shot %s on %s: %s", cfg.model.arch, cfg.data.name,
+             ", ".join(f"{k}={v:.4f}" for k, v in res["metrics"].items()))
+    log.info("split and metrics written to %s", out)
+    return 0
+
+
+def cmd_simulate(args) -> int:
+    from aas_ray.experiment.simulate import run_simulation_cli
+
+    return run_simulation_cli(args, _config(args))
+
+
+def cmd_run(args) -> int:
+    from aas_ray.orchestration.run import run_cli
+
+    return run_cli(args, _config(args))
+
+
+def cmd_tune(args) -> int:
+    from aas_ray.orchestration.tune import tune_cli
+
+    return tune_cli(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="aas-ray", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("datasets", help="list registered datasets and which are present locally")
+    d.add_argument("--data-root", default=os.environ.get("AAS_RAY_DATA_ROOT"),
+                   help="folder holding <name>/ per dataset (env AAS_RAY_DATA_ROOT)")
+    d.add_argument("--cache-dir", default="~/.cache/aas-ray")
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(func=cmd_datasets)
+
+    e = sub.add_parser("evaluate", help="zero-shot evaluation of the backbone under the open-set protocol")
+    _add_config_args(e)
+    e.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("simulate", help="AL cycles on frozen features with the simulated oracle (aas vs random)")
+    _add_config_args(s)
+    s.add_argument("--features", help=".npy of features (n, d) instead of a backbone over a dataset")
+    s.add_argument("--labels", help="ground-truth identities for --features (.npy or one label per line)")
+    s.add_argument("--strategies", default="aas,random", help="comma-separated samplers to compare")
+    s.add_argument("--cycles", type=int, help="AL cycles (default: al.cycles)")
+    s.add_argument("--out", help="output folder (default: <output_dir>/simulate-<dataset>)")
+    s.set_defaults(func=cmd_simulate)
+
+    r = sub.add_parser("run", help="train SpCL with AL cycles (the main job), logged to MLflow")
+    _add_config_args(r)
+    r.add_argument("--strategies", help="comma-separated strategies run one after another (default: al.strategy)")
+    r.add_argument("--tracking-uri", help="MLflow tracking URI (default: env MLFLOW_TRACKING_URI or ./mlflow.db)")
+    r.add_argument("--resume", metavar="RUN", help="resume an interrupted run (MLflow run id or run folder)")
+    r.add_argument("--workers", type=int, default=0, help="Ray Train DDP workers (0 = this process)")
+    r.set_defaults(func=cmd_run)
+
+    t = sub.add_parser("tune", help="a Ray Tune study over datasets and config keys")
+    t.add_argument("study", help="study YAML in tune_configs/")
+    t.add_argument("--tracking-uri")
+    t.add_argument("--address", help="Ray cluster address (default: local / RAY_ADDRESS)")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a study key")
+    t.set_defaults(func=cmd_tune)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    from aas_ray.checks import InputError
+    from aas_ray.config import ConfigError
+    from aas_ray.data import DatasetError
+
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, DatasetError, InputError) as err:
+        log.error("%s", err)
+        return 2
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

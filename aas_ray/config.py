@@ -1,0 +1,217 @@
+"""The one typed configuration of aas-ray. Every hyperparameter lives here once.
+
+Loaded from YAML (``tune_configs/*.yaml``) with unknown keys rejected, then optionally
+overridden by dotted ``key=value`` pairs (``--set al.epsilon=0.5``) that go through the
+same validation.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used, with the offending key named."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SyntheticConfig(_Strict):
+    """The embedded default dataset: procedurally generated individual animals."""
+
+    identities: int = Field(48, ge=2)
+    families: int = Field(12, ge=1, description="look-alike groups sharing a base coat")
+    min_images: int = Field(4, ge=2)
+    max_images: int = Field(30, ge=2)
+    tail: float = Field(1.3, gt=0, description="Pareto shape of images per identity (long tail)")
+    image_size: int = Field(112, ge=32)
+    seed: int = 0
+
+
+class DataConfig(_Strict):
+    name: str = Field("synthetic", description="registered dataset name (aas-ray datasets)")
+    root: str | None = Field(None, description="where the dataset lives on disk")
+    members: list[str] = Field(default_factory=list, description="WildlifeReID-10k member datasets")
+    csv: str | None = Field(None, description="catalogue CSV for the 'csv' source")
+    cache_dir: str = Field("~/.cache/aas-ray", description="synthetic images and feature cache")
+    skip_bad_images: bool = Field(False, description="skip missing/corrupt images with a warning")
+    use_split: bool = Field(True, description="use the catalogue's split column when it has one")
+    test_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="per-identity test share without a split column")
+    synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
+
+
+class ModelConfig(_Strict):
+    arch: str = Field("resnet50", description="any timm model name, hf-hub:... included")
+    pretrained: bool = Field(False, description="timm hub weights (needs network)")
+    weights: str | None = Field(None, description="local checkpoint path, or builtin:efficientnet_lite0")
+    image_size: tuple[int, int] = (224, 224)
+    batch_size: int = Field(64, ge=1, description="feature-extraction batch size")
+    workers: int = Field(2, ge=0)
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+
+
+class ClusterConfig(_Strict):
+    k1: int = Field(30, ge=2)
+    k2: int = Field(6, ge=1)
+    eps: float = Field(0.6, gt=0.0, lt=1.0, description="DBSCAN radius on d_J")
+    eps_gap: float = Field(0.02, ge=0.0, description="self-paced criterion: DBSCAN at eps ± gap")
+    min_samples: int = Field(4, ge=1)
+    finch_partition: Literal["auto"] | int = "auto"
+    finch_ann_threshold: int = Field(5000, ge=2)
+    similarity: Literal["jaccard", "cosine"] = "jaccard"
+
+
+class ALConfig(_Strict):
+    strategy: Literal["none", "random", "aas"] = "aas"
+    epsilon: float = Field(0.6, ge=0.0, le=1.0, description="Eq. 6 mixture weight of U_os")
+    k_max: int = Field(5, ge=1)
+    s_min: float = Field(0.3, ge=0.0, le=1.0)
+    pi: tuple[float, float, float] | None = Field(None, description="type prior (β1, β2, β3); None = uniform")
+    budget_fraction: float = Field(0.0002, ge=0.0, le=1.0, description="pairs per cycle / all pairs")
+    cycles: int = Field(5, ge=0)
+    every: int = Field(10, ge=1, description="epochs between AL cycles")
+    oracle: Literal["simulated", "human"] = "simulated"
+    oracle_noise: float = Field(0.0, ge=0.0, le=1.0)
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(50, ge=1)
+    iters: int = Field(400, ge=1)
+    batch_size: int = Field(64, ge=2)
+    num_instances: int = Field(4, ge=1, description="K of the PK sampler")
+    lr: float = 3.5e-4
+    weight_decay: float = 5e-4
+    step_size: int = Field(20, ge=1)
+    gamma: float = 0.1
+    momentum: float = Field(0.2, ge=0.0, le=1.0, description="hybrid memory update")
+    temp: float = Field(0.05, gt=0.0)
+    amp: bool = Field(True, description="mixed precision on GPU")
+    channels_last: bool = True
+    workers: int = Field(2, ge=0)
+    eval_every: int = Field(10, ge=1)
+
+
+class EvalConfig(_Strict):
+    unknown_fraction: float = Field(0.2, ge=0.0, lt=1.0)
+    gallery_size: int = Field(5, ge=1)
+
+
+class TrackingConfig(_Strict):
+    tracking_uri: str | None = Field(None, description="default: sqlite file mlflow.db in the working dir")
+    experiment: str = "aas-ray"
+    run_name: str | None = None
+
+
+class Config(_Strict):
+    seed: int = 0
+    output_dir: str = "runs"
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    al: ALConfig = Field(default_factory=ALConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @field_validator("output_dir")
+    @classmethod
+    def _non_empty(cls, v: str) -> str:
+        if not v:
+            raise ValueError("output_dir must not be empty")
+        return v
+
+    def flat(self) -> dict[str, object]:
+        """Dotted keys -> values, as logged to MLflow params."""
+        return flatten(self.model_dump(mode="json"))
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def set_dotted(d: dict, key: str, value) -> None:
+    parts = key.split(".")
+    node = d
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"cannot set {key!r}: {p!r} is not a section")
+    node[parts[-1]] = value
+
+
+def _describe(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            lines.append(f"unknown key '{loc}'")
+        else:
+            lines.append(f"'{loc}': {e['msg']} (got {e.get('input')!r})")
+    return f"invalid configuration in {source}: " + "; ".join(lines)
+
+
+def parse_overrides(pairs: list[str] | None) -> dict:
+    """``["al.epsilon=0.5", "data.name=LionData"]`` -> nested dict, values parsed as YAML."""
+    out: dict = {}
+    for item in pairs or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value")
+        k, v = item.split("=", 1)
+        set_dotted(out, k.strip(), yaml.safe_load(v))
+    return out
+
+
+def deep_merge(base: dict, extra: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def build_config(raw: dict | None = None, overrides: dict | None = None, source: str = "<config>") -> Config:
+    data = deep_merge(raw or {}, overrides or {})
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_describe(err, source)) from None
+
+
+def read_yaml(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{p} is not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p} must hold a mapping of config sections, not {type(raw).__name__}")
+    return raw
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> Config:
+    """Read a YAML config (or the defaults), apply overrides, validate everything."""
+    raw = read_yaml(path) if path else {}
+    extra = parse_overrides(overrides) if isinstance(overrides, list) else (overrides or {})
+    return build_config(raw, extra, source=str(path) if path else "<defaults>")
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
