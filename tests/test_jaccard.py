@@ -1,0 +1,58 @@
+import numpy as np
+import pytest
+from sklearn.cluster import DBSCAN
+
+from aas_ray.checks import InputError
+from aas_ray.cluster import dbscan_view, jaccard_graph, knn_search
+from conftest import mixture
+from dense_reference import dense_jaccard
+
+
+@pytest.mark.parametrize("n,d,k,k1,k2,seed", [(300, 16, 30, 20, 6, 0), (250, 64, 10, 30, 6, 1), (120, 8, 60, 10, 1, 2)])
+def test_sparse_jaccard_equals_dense_reference(n, d, k, k1, k2, seed):
+    x, _ = mixture(n, d, k, seed=seed)
+    g = jaccard_graph(x, k1=k1, k2=k2)
+    dense = dense_jaccard(x, g.knn_idx[:, :k1], k1, k2)
+    sparse = 1.0 - g.sim.toarray()
+    assert np.abs(sparse - dense).max() < 1e-5
+    # The sparse graph stores exactly the pairs whose supports overlap (d_J < 1).
+    assert g.sim.nnz == int((dense < 1 - 1e-7).sum())
+    assert np.allclose(g.sim.diagonal(), 1.0, atol=1e-6)
+
+
+def test_dbscan_on_sparse_equals_dense():
+    x, _ = mixture(300, 16, 20, spread=0.5)
+    g = jaccard_graph(x, k1=20, k2=6)
+    dense = dense_jaccard(x, g.knn_idx[:, :20], 20, 6)
+    a_dense = DBSCAN(eps=0.6, min_samples=4, metric="precomputed").fit_predict(dense)
+    a_sparse = dbscan_view(g, 0.6, 4)
+    assert np.array_equal(a_dense, a_sparse)
+    assert len(set(a_sparse) - {-1}) > 1
+
+
+def test_pair_sim_lookup_matches_matrix():
+    x, _ = mixture(200, 16, 20)
+    g = jaccard_graph(x, k1=15, k2=4)
+    rng = np.random.default_rng(0)
+    pairs = rng.integers(0, 200, size=(500, 2))
+    dense = g.sim.toarray()
+    assert np.allclose(g.pair_sim(pairs), dense[pairs[:, 0], pairs[:, 1]])
+
+
+def test_knn_returns_self_first():
+    x, _ = mixture(100, 8, 10)
+    sims, idx = knn_search(x, 5)
+    assert np.array_equal(idx[:, 0], np.arange(100))
+    assert np.all(np.diff(sims, axis=1) <= 1e-6)
+
+
+def test_nan_features_are_rejected():
+    x, _ = mixture(50, 8, 5)
+    x[7, 3] = np.nan
+    with pytest.raises(InputError, match=r"NaN.*\[7\]"):
+        jaccard_graph(x)
+
+
+def test_empty_features_are_rejected():
+    with pytest.raises(InputError, match="empty"):
+        jaccard_graph(np.zeros((0, 8)))

@@ -1,0 +1,76 @@
+import numpy as np
+import pytest
+import torch
+
+from aas_ray.config import ConfigError, ModelConfig, load_config
+from aas_ray.models import FeatureCache, ModelError, build_model, extract_features
+
+
+def test_unknown_config_keys_are_rejected(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("al:\n  epsilon: 0.5\n  epsilonn: 0.4\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'al.epsilonn'"):
+        load_config(p)
+    with pytest.raises(ConfigError, match="unknown key 'trian'"):
+        load_config(None, ["trian.epochs=3"])
+    with pytest.raises(ConfigError, match="'al.epsilon'"):
+        load_config(None, ["al.epsilon=1.5"])
+    cfg = load_config(None, ["al.epsilon=0.25", "cluster.finch_partition=1"])
+    assert cfg.al.epsilon == 0.25 and cfg.cluster.finch_partition == 1
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_shipped_configs_are_valid():
+    from pathlib import Path
+
+    for p in sorted((Path(__file__).parents[1] / "tune_configs").glob("*.yaml")):
+        if "study" not in p.read_text().split("\n")[0:5].__str__():
+            load_config(p)
+
+
+def test_builtin_backbone_is_pretrained():
+    m = build_model(ModelConfig(arch="tf_efficientnet_lite0", weights="builtin:efficientnet_lite0"))
+    assert m.feat_dim == 1280 and m.mean_std == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    import timm
+
+    random = timm.create_model("tf_efficientnet_lite0", num_classes=0)
+    w = dict(m.backbone.named_parameters())["conv_stem.weight"]
+    assert not torch.allclose(w, dict(random.named_parameters())["conv_stem.weight"])
+
+
+def test_local_weights_roundtrip_and_mismatch(tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    src = timm.create_model("resnet18", num_classes=0)
+    torch.save({"state_dict": {f"module.{k}": v for k, v in src.state_dict().items()}}, tmp_path / "r.pth")
+    save_file(src.state_dict(), str(tmp_path / "r.safetensors"))
+    for name in ("r.pth", "r.safetensors"):
+        m = build_model(ModelConfig(arch="resnet18", weights=str(tmp_path / name)))
+        assert torch.equal(m.backbone.conv1.weight, src.conv1.weight)
+    with pytest.raises(ModelError, match="do not match"):
+        build_model(ModelConfig(arch="resnet34", weights=str(tmp_path / "r.pth")))
+    with pytest.raises(ModelError, match="not found"):
+        build_model(ModelConfig(arch="resnet18", weights=str(tmp_path / "nope.pth")))
+    (tmp_path / "bad.pth").write_bytes(b"garbage")
+    with pytest.raises(ModelError, match="cannot load weights"):
+        build_model(ModelConfig(arch="resnet18", weights=str(tmp_path / "bad.pth")))
+
+
+def test_feature_extraction_and_cache(tiny_cfg):
+    from aas_ray.experiment.setup import prepare_data
+
+    data = prepare_data(tiny_cfg, progress=False)
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return extract_features(build_model(tiny_cfg.model), data.cat, (64, 64), 16, 0, "cpu", progress=False)
+
+    cache = FeatureCache(tiny_cfg.data.cache_dir)
+    f1 = cache.get_or_compute(data.cat, tiny_cfg.model, compute)
+    f2 = cache.get_or_compute(data.cat, tiny_cfg.model, compute)
+    assert len(calls) == 1 and np.array_equal(f1, f2)
+    assert f1.shape == (len(data.cat), 1280)
+    assert np.allclose(np.linalg.norm(f1, axis=1), 1.0, atol=1e-4)
