@@ -60,6 +60,9 @@ class ModelConfig(_Strict):
 class ClusterConfig(_Strict):
     k1: int = Field(30, ge=2)
     k2: int = Field(6, ge=1)
+    jaccard_min_sim: float = Field(
+        0.01, ge=0.0, lt=1.0, description="drop Jaccard pairs below this sim (0 = keep all, as SpCL)"
+    )
     eps: float = Field(0.6, gt=0.0, lt=1.0, description="DBSCAN radius on d_J")
     eps_gap: float = Field(0.02, ge=0.0, description="self-paced criterion: DBSCAN at eps ± gap")
     min_samples: int = Field(4, ge=1)

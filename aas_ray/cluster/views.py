@@ -9,6 +9,7 @@ import logging
 import warnings
 
 import numpy as np
+import scipy.sparse as sp
 
 with warnings.catch_warnings():
     # finch-clust warns when pynndescent is absent; we never take that path (see below).
@@ -30,7 +31,15 @@ def dbscan_view(graph: JaccardGraph, eps: float = 0.6, min_samples: int = 4) -> 
     """
     if not 0.0 < eps < 1.0:
         raise InputError(f"DBSCAN eps must be in (0, 1) for a Jaccard distance; got {eps}")
-    return DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed", n_jobs=1).fit_predict(graph.distance())
+    d = graph.distance()
+    # Only pairs within eps can be neighbours: dropping the rest first is exact and keeps
+    # sklearn's neighbourhood lists short.
+    keep = d.data <= eps
+    if not keep.all():
+        rows = np.repeat(np.arange(d.shape[0]), np.diff(d.indptr))
+        indptr = np.r_[0, np.cumsum(np.bincount(rows[keep], minlength=d.shape[0]))]
+        d = sp.csr_matrix((d.data[keep], d.indices[keep], indptr), shape=d.shape)
+    return DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed", n_jobs=1).fit_predict(d)
 
 
 def first_non_self_neighbour(knn_idx: np.ndarray) -> np.ndarray:
@@ -101,7 +110,7 @@ def cluster_views(x: np.ndarray, cfg, use_gpu: bool | None = None) -> tuple[Jacc
     """Views A and B of unit features ``x`` with the ``cluster`` config section (SPEC §1-2)."""
     from aas_ray.cluster.jaccard import jaccard_graph
 
-    graph = jaccard_graph(x, cfg.k1, cfg.k2, use_gpu=use_gpu)
+    graph = jaccard_graph(x, cfg.k1, cfg.k2, use_gpu=use_gpu, min_sim=cfg.jaccard_min_sim)
     a = dbscan_view(graph, cfg.eps, cfg.min_samples)
     n_a = int(np.unique(a[a >= 0]).size)
     b = finch_view(x, cfg.finch_partition, max(n_a, 1), first_non_self_neighbour(graph.knn_idx),
