@@ -71,8 +71,13 @@ class ClusterConfig(_Strict):
     similarity: Literal["jaccard", "cosine"] = "jaccard"
 
 
+Strategy = Literal["none", "random", "aas"]
+
+
 class ALConfig(_Strict):
-    strategy: Literal["none", "random", "aas"] = "aas"
+    strategy: Strategy | list[Strategy] = Field(
+        "aas", description="sampler; a list runs each one after another with the same seed"
+    )
     epsilon: float = Field(0.6, ge=0.0, le=1.0, description="Eq. 6 mixture weight of U_os")
     k_max: int = Field(5, ge=1)
     s_min: float = Field(0.3, ge=0.0, le=1.0)
@@ -82,6 +87,10 @@ class ALConfig(_Strict):
     every: int = Field(10, ge=1, description="epochs between AL cycles")
     oracle: Literal["simulated", "human"] = "simulated"
     oracle_noise: float = Field(0.0, ge=0.0, le=1.0)
+
+    @property
+    def strategies(self) -> list[str]:
+        return list(self.strategy) if isinstance(self.strategy, list) else [self.strategy]
 
 
 class TrainConfig(_Strict):

@@ -1,0 +1,122 @@
+"""SpCL's pieces (Ge et al., NeurIPS 2020; SPEC §10): the hybrid memory with its
+contrastive loss, and the self-paced reliability criteria on pseudo-labels."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import autograd, nn
+
+from aas_ray.al.regions import dense_ids
+
+
+class _MemoryProduct(autograd.Function):
+    """x @ features^T whose backward also pulls the touched memory rows towards x (momentum)."""
+
+    @staticmethod
+    def forward(ctx, inputs, indexes, features, momentum):
+        ctx.features, ctx.momentum = features, momentum
+        ctx.save_for_backward(inputs, indexes)
+        return inputs.mm(features.t())
+
+    @staticmethod
+    def backward(ctx, grad_outputs):
+        inputs, indexes = ctx.saved_tensors
+        grad_inputs = grad_outputs.mm(ctx.features.to(grad_outputs.dtype)) if ctx.needs_input_grad[0] else None
+        with torch.no_grad():
+            for x, y in zip(inputs, indexes.tolist()):
+                f = ctx.features[y]
+                f.mul_(ctx.momentum).add_((1.0 - ctx.momentum) * x.to(f.dtype))
+                f.div_(f.norm().clamp_min(1e-12))
+        return grad_inputs, None, None, None
+
+
+class HybridMemory(nn.Module):
+    """All n instance features plus their current pseudo-labels.
+
+    The loss is SpCL's: logits to every memory item averaged per label (cluster centroids
+    and un-clustered instances alike), softmax over the labels present, NLL of the own label.
+    """
+
+    def __init__(self, num_features: int, num_samples: int, temp: float = 0.05, momentum: float = 0.2):
+        super().__init__()
+        self.temp, self.momentum = temp, momentum
+        self.register_buffer("features", torch.zeros(num_samples, num_features))
+        self.register_buffer("labels", torch.arange(num_samples))
+
+    def forward(self, inputs: torch.Tensor, indexes: torch.Tensor) -> torch.Tensor:
+        logits = _MemoryProduct.apply(inputs.float(), indexes, self.features, self.momentum) / self.temp
+        labels = self.labels
+        k = int(labels.max()) + 1
+        sums = torch.zeros(k, logits.size(0), device=logits.device).index_add_(0, labels, logits.t().contiguous())
+        nums = torch.zeros(k, 1, device=logits.device).index_add_(
+            0, labels, torch.ones(labels.numel(), 1, device=logits.device))
+        present = (nums > 0).float()
+        mean = (sums / (present * nums + (1 - present))).t()
+        # Softmax restricted to labels in use; subtract the max for stability.
+        mean = mean - mean.max(dim=1, keepdim=True).values.detach()
+        exps = torch.exp(mean) * present.t()
+        probs = exps / (exps.sum(dim=1, keepdim=True) + 1e-6)
+        return F.nll_loss(torch.log(probs + 1e-6), labels[indexes])
+
+
+def with_instance_classes(labels: np.ndarray) -> np.ndarray:
+    """Noise (-1) becomes one class per sample, numbered after the clusters (SpCL)."""
+    out = np.asarray(labels, dtype=np.int64).copy()
+    clustered = out >= 0
+    base = 0
+    if clustered.any():
+        out[clustered], base = dense_ids(out[clustered])
+    noise = np.flatnonzero(~clustered)
+    out[noise] = base + np.arange(noise.size)
+    return out
+
+
+def _iou_with(labels: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """Per sample: IoU of its cluster under ``labels`` and under ``other`` (both instance-classed).
+
+    Equals SpCL's Σ min / Σ max of the two label-equality rows, without the n x n matrices.
+    """
+    a, _ = dense_ids(labels)
+    b, _ = dense_ids(other)
+    na, nb = np.bincount(a), np.bincount(b)
+    key = a.astype(np.int64) * (b.max() + 1) + b
+    _, inv, nab = np.unique(key, return_inverse=True, return_counts=True)
+    inter = nab[inv]
+    return inter / (na[a] + nb[b] - inter)
+
+
+def self_paced_labels(
+    labels: np.ndarray, tight: np.ndarray, loose: np.ndarray, indep_thres: float | None,
+    protected: np.ndarray | None = None,
+) -> tuple[np.ndarray, float, dict]:
+    """SpCL's reliability criteria (SPEC §10): a sample keeps its cluster only if its cluster
+    is independent (R_indep vs the loose clustering within ``indep_thres``) and the sample
+    is compact (R_comp vs the tight clustering as good as the cluster's best); otherwise it
+    becomes an instance class. ``protected`` samples (held by an ML constraint) are never
+    demoted. ``indep_thres`` None = fix it now at the 90th percentile, as SpCL's first epoch.
+    """
+    lab = with_instance_classes(labels)
+    r_comp = 1 - _iou_with(lab, with_instance_classes(tight))
+    r_indep = 1 - _iou_with(lab, with_instance_classes(loose))
+    k = lab.max() + 1
+    cluster_comp = np.full(k, np.inf)
+    np.minimum.at(cluster_comp, lab, r_comp)
+    cluster_indep = np.full(k, np.inf)
+    np.minimum.at(cluster_indep, lab, r_indep)
+    sizes = np.bincount(lab, minlength=k)
+    if indep_thres is None:
+        multi = np.sort(cluster_indep[sizes > 1])
+        indep_thres = float(multi[min(multi.size - 1, int(round(multi.size * 0.9)))]) if multi.size else 1.0
+    keep = (cluster_indep[lab] <= indep_thres) & (r_comp <= cluster_comp[lab])
+    keep |= sizes[lab] == 1
+    if protected is not None:
+        keep |= protected
+    out = lab.copy()
+    demoted = np.flatnonzero(~keep)
+    out[demoted] = k + np.arange(demoted.size)
+    sizes_out = np.bincount(out)
+    stats = {"clusters": int((sizes_out > 1).sum()), "instances": int((sizes_out == 1).sum()),
+             "demoted": int(demoted.size)}
+    return out, indep_thres, stats

@@ -1,0 +1,317 @@
+"""SpCL training with AL cycles (SPEC §10, Algorithm 1): one process, CPU or one GPU.
+
+Every epoch: cluster the memory features (views A at eps and eps ± gap), refine with
+NP3 under all constraints, apply the self-paced criteria (ML-held samples are never
+demoted), train ``iters`` PK batches against the hybrid memory. Every ``al.every``
+epochs, an AL cycle first builds view B, samples pairs, asks the oracle and journals
+the answers. State is checkpointed at each epoch end, so a killed run resumes from
+the last completed epoch with the same constraints.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from aas_ray.al import ConstraintStore, SimulatedOracle, Views, cycle_budget, np3, total_pairs
+from aas_ray.al.constraints import Answer
+from aas_ray.al.samplers import cosine_pair_sim
+from aas_ray.checks import InputError
+from aas_ray.cluster import jaccard_graph
+from aas_ray.cluster.views import dbscan_view, finch_view, first_non_self_neighbour
+from aas_ray.config import Config, dump_config
+from aas_ray.eval import clustering_metrics
+from aas_ray.experiment.annotations import AnnotationJournal
+from aas_ray.experiment.setup import make_split, prepare_data, save_split
+from aas_ray.experiment.simulate import sampler_for
+from aas_ray.experiment.spcl import HybridMemory, self_paced_labels
+from aas_ray.experiment.tracking import NullTracker, Tracker
+from aas_ray.experiment.zeroshot import dataset_features, evaluate_split
+from aas_ray.data.images import CatalogueImages, PKSampler, to_tensor_batch, train_transform
+from aas_ray.models import build_model, extract_features, resolve_device
+
+log = logging.getLogger(__name__)
+
+
+class AwaitingAnnotations(Exception):
+    """A human-oracle cycle wrote its pairs out; the run resumes once they are answered."""
+
+    def __init__(self, path: Path):
+        super().__init__(f"pairs for annotation written to {path}: fill its 'answer' column "
+                         "(same / different / unsure) and resume the run")
+        self.path = path
+
+
+@dataclass
+class RunState:
+    epoch_done: int = -1
+    tracking_run_id: str | None = None
+    indep_thres: float | None = None
+    cycles: list = field(default_factory=list)
+    evals: list = field(default_factory=list)
+    pending_cycle: int | None = None
+    finished: bool = False
+
+    @classmethod
+    def load(cls, path: Path) -> "RunState":
+        return cls(**json.loads(path.read_text())) if path.is_file() else cls()
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=1))
+        os.replace(tmp, path)
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+class SpCLTrainer:
+    """The AL training loop for one config in one run folder."""
+
+    def __init__(self, cfg: Config, run_dir: Path, tracker: Tracker | None = None, progress: bool = True):
+        self.cfg = cfg
+        self.dir = Path(run_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.tracker = tracker or NullTracker()
+        self.progress = progress
+        self.state = RunState.load(self.dir / "state.json")
+        self.journal = AnnotationJournal(self.dir / "annotations.jsonl")
+        self.device = resolve_device(cfg.model.device)
+
+    # ---- setup ---------------------------------------------------------------------
+    def setup(self) -> None:
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)
+        self.data = prepare_data(cfg, self.progress)
+        ref = dataset_features(cfg, self.data, self.progress)  # the untrained backbone: fixes the gallery
+        self.split = make_split(cfg, self.data, ref)
+        save_split(self.data.cat, self.split, self.dir / "split.csv")
+        self.train_cat = self.data.cat.subset(self.split.train)
+        self.truth = self.data.identities[self.split.train]
+        n = len(self.train_cat)
+        if n < 2:
+            raise InputError("the training pool holds fewer than 2 images")
+        self.model = build_model(cfg.model).to(self.device)
+        if self.device.type == "cuda" and cfg.train.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.memory = HybridMemory(self.model.feat_dim, n, cfg.train.temp, cfg.train.momentum).to(self.device)
+        self.memory.features.copy_(torch.from_numpy(ref[self.split.train]))
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, cfg.train.step_size, cfg.train.gamma)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda" and cfg.train.amp)
+        self.rng = np.random.default_rng(cfg.seed)
+        self.store = self.journal.load_store(n)
+        self.oracle = SimulatedOracle(self.truth, cfg.al.oracle_noise, cfg.seed)
+        ckpt = self.dir / "checkpoint.pt"
+        if ckpt.is_file():
+            self._load_checkpoint(ckpt)
+        (self.dir / "config.yaml").write_text(dump_config(cfg))
+
+    def _checkpoint(self) -> None:
+        atomic_torch_save({
+            "model": self.model.state_dict(), "memory": self.memory.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(), "rng": self.rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(), "oracle_rng": self.oracle.rng.bit_generator.state,
+        }, self.dir / "checkpoint.pt")
+        self.state.save(self.dir / "state.json")
+
+    def _load_checkpoint(self, path: Path) -> None:
+        ck = torch.load(path, map_location=self.device, weights_only=False)
+        self.model.load_state_dict(ck["model"])
+        self.memory.load_state_dict(ck["memory"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.scheduler.load_state_dict(ck["scheduler"])
+        self.scaler.load_state_dict(ck["scaler"])
+        self.rng.bit_generator.state = ck["rng"]
+        self.oracle.rng.bit_generator.state = ck["oracle_rng"]
+        torch.set_rng_state(ck["torch_rng"].cpu())
+        log.info("resumed from %s after epoch %d (%d answers on record)", path, self.state.epoch_done,
+                 len(self.store.annotations))
+
+    # ---- AL cycle --------------------------------------------------------------------
+    def cycle_at(self, epoch: int) -> int | None:
+        """1-based AL cycle that runs before ``epoch``, if any (epochs 0, every, 2*every, ...)."""
+        al = self.cfg.al
+        if al.strategy == "none" or epoch % al.every:
+            return None
+        c = epoch // al.every + 1
+        return c if c <= al.cycles else None
+
+    def _pending_path(self, c: int) -> Path:
+        return self.dir / f"pending-cycle-{c}.csv"
+
+    def _ask_human(self, c: int, pairs, draw) -> None:
+        paths = self.train_cat.df["path"].to_numpy()
+        pd.DataFrame({"u": pairs[:, 0], "v": pairs[:, 1], "image_u": paths[pairs[:, 0]],
+                      "image_v": paths[pairs[:, 1]], "pool": draw.pool, "pair_type": draw.pair_type,
+                      "answer": ""}).to_csv(self._pending_path(c), index=False)
+        self.state.pending_cycle = c
+        self.state.save(self.dir / "state.json")
+        raise AwaitingAnnotations(self._pending_path(c))
+
+    def import_answers(self, c: int) -> int:
+        """Read a filled-in pending file into the journal; every row must be answered."""
+        path = self._pending_path(c)
+        df = pd.read_csv(path, dtype={"answer": str}, keep_default_na=False)
+        missing = df.index[df["answer"].str.strip() == ""].tolist()
+        if missing:
+            raise InputError(f"{path}: rows {[i + 2 for i in missing[:10]]} have no answer yet "
+                             "(same / different / unsure)")
+        answers = [int(Answer.parse(a)) for a in df["answer"]]
+        conflicts = self.journal.record(self.store, df[["u", "v"]].to_numpy(), answers, c, "human")
+        for k in conflicts:
+            log.warning("contradiction in human answers: %s", k)
+        self.state.pending_cycle = None
+        self.state.save(self.dir / "state.json")
+        path.rename(path.with_suffix(".answered.csv"))
+        return len(answers)
+
+    def run_cycle(self, c: int, x: np.ndarray, graph, labels_a: np.ndarray) -> dict:
+        cfg = self.cfg
+        n = x.shape[0]
+        n_a = int(np.unique(labels_a[labels_a >= 0]).size)
+        labels_b = finch_view(x, cfg.cluster.finch_partition, max(n_a, 1),
+                              first_non_self_neighbour(graph.knn_idx), cfg.cluster.finch_ann_threshold)
+        sim = graph.pair_sim if cfg.cluster.similarity == "jaccard" else cosine_pair_sim(x)
+        views = Views(x, labels_a, labels_b, sim)
+        already = sum(1 for a in self.store.annotations if a.cycle == c)
+        budget = max(cycle_budget(n, cfg.al.budget_fraction) - already, 0)
+        prop = sampler_for(cfg, cfg.al.strategy).propose(views, self.store, budget, self.rng)
+        pairs = prop.draw.pairs
+        if cfg.al.oracle == "human" and len(pairs):
+            self._ask_human(c, pairs, prop.draw)
+        answers = self.oracle.answer(pairs)
+        self.journal.record(self.store, pairs, answers, c, f"simulated:{cfg.al.strategy}")
+        pd.DataFrame({"cycle": c, "u": pairs[:, 0], "v": pairs[:, 1], "pool": prop.draw.pool,
+                      "pair_type": prop.draw.pair_type, "probability": prop.draw.probability,
+                      "answer": [Answer(int(a)).name for a in answers]}).to_csv(
+            self.dir / "pairs.csv", mode="a", header=not (self.dir / "pairs.csv").exists(), index=False)
+        counts = self.store.counts()
+        row = {"cycle": c, "regions": prop.stats["regions"], "U_os": prop.stats["U_os"], "U_us": prop.stats["U_us"],
+               "pairs_asked": len(pairs) + already, "asked_total": counts["asked"],
+               "ml_cl_ratio": counts["must_link"] / max(counts["cannot_link"], 1),
+               "utilised_budget": counts["asked"] / total_pairs(n), "contradictions": counts["contradictions"]}
+        self.state.cycles = [r for r in self.state.cycles if r["cycle"] != c] + [row]
+        log.info("AL cycle %d (%s): %d pairs asked, %d regions, |U_os|=%d, |U_us|=%d, utilised %.4f%%", c,
+                 cfg.al.strategy, row["pairs_asked"], row["regions"], row["U_os"], row["U_us"],
+                 100 * row["utilised_budget"])
+        return row
+
+    # ---- epochs ----------------------------------------------------------------------
+    def pseudo_labels(self, epoch: int) -> tuple[np.ndarray, dict]:
+        cfg = self.cfg
+        x = self.memory.features.detach().float().cpu().numpy()
+        graph = jaccard_graph(x, cfg.cluster.k1, cfg.cluster.k2, min_sim=cfg.cluster.jaccard_min_sim)
+        eps, gap = cfg.cluster.eps, cfg.cluster.eps_gap
+        a = dbscan_view(graph, eps, cfg.cluster.min_samples)
+        tight = dbscan_view(graph, max(eps - gap, 1e-3), cfg.cluster.min_samples)
+        loose = dbscan_view(graph, min(eps + gap, 0.999), cfg.cluster.min_samples)
+        metrics: dict = {}
+        c = self.cycle_at(epoch)
+        if c is not None:
+            if self.state.pending_cycle == c:
+                self.import_answers(c)
+            # A cycle cut short by a crash has no row yet: it runs again and asks only the rest.
+            if not any(r["cycle"] == c for r in self.state.cycles):
+                metrics.update({f"al/{k}": v for k, v in self.run_cycle(c, x, graph, a).items()})
+        ml, cl = self.store.must_links(), self.store.cannot_links()
+        refined = np3(a, ml, cl, x) if ml.size or cl.size else a
+        protected = np.zeros(x.shape[0], dtype=bool)
+        protected[ml.ravel()] = True
+        labels, self.state.indep_thres, stats = self_paced_labels(refined, tight, loose, self.state.indep_thres,
+                                                                   protected)
+        q = clustering_metrics(refined, self.truth)
+        metrics.update({"cluster/clusters": stats["clusters"], "cluster/instances": stats["instances"],
+                        "cluster/demoted": stats["demoted"], "cluster/outliers": q["outliers"],
+                        "cluster/nmi": q["nmi"], "cluster/ari": q["ari"], "cluster/pair_precision": q["pair_precision"],
+                        "cluster/pair_recall": q["pair_recall"], "cluster/pair_f1": q["pair_f1"],
+                        "al/constraints_ml": int(ml.shape[0]), "al/constraints_cl": int(cl.shape[0])})
+        return labels, metrics
+
+    def train_epoch(self, labels: np.ndarray, epoch: int) -> dict:
+        cfg = self.cfg.train
+        self.memory.labels.copy_(torch.from_numpy(labels).to(self.device))
+        ds = CatalogueImages(self.train_cat, train_transform(tuple(self.cfg.model.image_size), self.model.mean_std))
+        sampler = PKSampler(labels, cfg.batch_size, cfg.num_instances, cfg.iters, seed=self.cfg.seed * 1000 + epoch)
+        loader = DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
+                            collate_fn=to_tensor_batch, drop_last=True, pin_memory=self.device.type == "cuda")
+        self.model.train()
+        losses, seen, t0 = [], 0, time.perf_counter()
+        for imgs, idx in tqdm(loader, desc=f"epoch {epoch}", disable=not self.progress, leave=False):
+            imgs = imgs.to(self.device, non_blocking=True)
+            if self.device.type == "cuda" and cfg.channels_last:
+                imgs = imgs.to(memory_format=torch.channels_last)
+            with torch.autocast(device_type=self.device.type, enabled=self.scaler.is_enabled()):
+                f = self.model(imgs)
+            loss = self.memory(f.float(), idx.to(self.device))
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            if not math.isfinite(loss.item()):
+                raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch}; lower train.lr")
+            losses.append(loss.item())
+            seen += imgs.size(0)
+        dt = time.perf_counter() - t0
+        self.scheduler.step()
+        return {"train/loss": float(np.mean(losses)), "train/images_per_s": seen / dt,
+                "train/lr": self.optimizer.param_groups[0]["lr"]}
+
+    def evaluate(self, step: int) -> dict:
+        feats = extract_features(self.model, self.data.cat, self.cfg.model.image_size, self.cfg.model.batch_size,
+                                 self.cfg.model.workers, self.device, self.progress, desc="eval features")
+        m = evaluate_split(feats, self.data.identities, self.split)
+        asked = len(self.store.annotations)
+        row = {"step": step, **m, "utilised_budget": asked / total_pairs(len(self.train_cat)), "pairs": asked}
+        self.state.evals = [e for e in self.state.evals if e["step"] != step] + [row]
+        return {f"eval/{k}": v for k, v in m.items()} | {"eval/utilised_budget": row["utilised_budget"]}
+
+    def run(self) -> dict:
+        """Train to the end (or to the next human-oracle pause); returns the final metrics."""
+        cfg = self.cfg
+        if not hasattr(self, "model"):
+            self.setup()
+        if self.state.epoch_done < 0 and not any(e["step"] == 0 for e in self.state.evals):
+            self.tracker.log_metrics(self.evaluate(0), step=0)  # zero-shot, budget 0
+            self.state.save(self.dir / "state.json")
+        for epoch in range(self.state.epoch_done + 1, cfg.train.epochs):
+            labels, metrics = self.pseudo_labels(epoch)
+            metrics.update(self.train_epoch(labels, epoch))
+            last = epoch == cfg.train.epochs - 1
+            if (epoch + 1) % cfg.train.eval_every == 0 or last:
+                metrics.update(self.evaluate(epoch + 1))
+            self.state.epoch_done = epoch
+            self.state.finished = last
+            self._checkpoint()
+            self.tracker.log_metrics(metrics, step=epoch + 1)
+            log.info("epoch %d: loss %.4f, %d clusters, %d instances, NMI %.3f%s", epoch, metrics["train/loss"],
+                     metrics["cluster/clusters"], metrics["cluster/instances"], metrics["cluster/nmi"],
+                     f", mAP {metrics['eval/mAP']:.4f}" if "eval/mAP" in metrics else "")
+        self.export()
+        return self.state.evals[-1] if self.state.evals else {}
+
+    def export(self) -> None:
+        """Tables and final weights in the run folder (the tracker uploads them)."""
+        if self.state.cycles:
+            pd.DataFrame(self.state.cycles).to_csv(self.dir / "cycles.csv", index=False)
+        pd.DataFrame(self.state.evals).to_csv(self.dir / "evals.csv", index=False)
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous().cpu() for k, v in self.model.state_dict().items()},
+                  str(self.dir / "weights.safetensors"))

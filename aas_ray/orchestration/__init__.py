@@ -1,0 +1,1 @@
+"""Orchestration: MLflow tracking, the ``run`` job, Ray Train / actors / Tune, Ray Jobs."""

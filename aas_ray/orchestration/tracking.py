@@ -1,0 +1,94 @@
+"""MLflow as the trainer's tracker: resolve and check the store, open or resume runs."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from urllib.error import URLError
+from urllib.request import urlopen
+
+import mlflow
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+
+log = logging.getLogger(__name__)
+
+
+class TrackingError(RuntimeError):
+    pass
+
+
+def resolve_tracking_uri(explicit: str | None, configured: str | None) -> str:
+    """--tracking-uri, then MLFLOW_TRACKING_URI, then the config, then ./mlflow.db (sqlite)."""
+    uri = explicit or os.environ.get("MLFLOW_TRACKING_URI") or configured
+    return uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast, before any training, when a tracking server does not answer."""
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
+                if r.status != 200:
+                    raise TrackingError(f"MLflow tracking server {uri} answered HTTP {r.status}")
+        except (URLError, OSError) as err:
+            raise TrackingError(f"MLflow tracking server {uri} is unreachable ({err}); start it or pass "
+                                "--tracking-uri (default: a local sqlite file)") from None
+    elif uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+
+
+class MlflowTracker:
+    """One MLflow run; every call goes through the client so several runs can coexist."""
+
+    def __init__(self, uri: str, run_id: str):
+        self.client = MlflowClient(uri)
+        self.run_id = run_id
+
+    @classmethod
+    def create(cls, uri: str, experiment: str, run_name: str, tags: dict | None = None,
+               parent_run_id: str | None = None) -> "MlflowTracker":
+        client = MlflowClient(uri)
+        exp = client.get_experiment_by_name(experiment)
+        exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+        tags = dict(tags or {})
+        tags["mlflow.runName"] = run_name
+        if parent_run_id:
+            tags["mlflow.parentRunId"] = parent_run_id
+        run = client.create_run(exp_id, run_name=run_name, tags=tags)
+        return cls(uri, run.info.run_id)
+
+    def log_params(self, params: dict) -> None:
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[i:i + 100])
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        import time
+
+        ts = int(time.time() * 1000)
+        items = [Metric(k, float(v), ts, step) for k, v in metrics.items() if v is not None]
+        for i in range(0, len(items), 500):
+            self.client.log_batch(self.run_id, metrics=items[i:i + 500])
+
+    def log_artifact(self, path: Path, subdir: str | None = None) -> None:
+        if Path(path).exists():
+            self.client.log_artifact(self.run_id, str(path), subdir)
+
+    def logged_steps(self, key: str) -> set[int]:
+        return {m.step for m in self.client.get_metric_history(self.run_id, key)}
+
+    def set_tags(self, tags: dict) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(self.run_id, k, str(v))
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.run_id, status)
+
+    def reopen(self) -> None:
+        self.client.update_run(self.run_id, status="RUNNING")
+
+
+def set_global_uri(uri: str) -> None:
+    mlflow.set_tracking_uri(uri)
