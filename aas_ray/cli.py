@@ -138,10 +138,12 @@ def main(argv: list[str] | None = None) -> int:
     from aas_ray.checks import InputError
     from aas_ray.config import ConfigError
     from aas_ray.data import DatasetError
+    from aas_ray.models import ModelError
+    from aas_ray.orchestration.tracking import TrackingError
 
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, DatasetError, InputError) as err:
+    except (ConfigError, DatasetError, InputError, ModelError, TrackingError, FileNotFoundError) as err:
         log.error("%s", err)
         return 2
     except KeyboardInterrupt:
