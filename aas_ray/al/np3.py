@@ -9,6 +9,7 @@ import scipy.sparse as sp
 from scipy.optimize import linear_sum_assignment
 from scipy.sparse.csgraph import connected_components
 
+from aas_ray.al.regions import group_sum
 from aas_ray.checks import InputError, labels_array, pair_array, unit_features
 
 # Conflict graphs up to this many nodes are coloured exactly; larger ones by DSatur.
@@ -100,9 +101,7 @@ def _purify(members: np.ndarray, comp: np.ndarray, cl: np.ndarray, x: np.ndarray
     free = members[~placed]
     if free.size:
         units, unit_of = np.unique(comp[free], return_inverse=True)
-        unit_sum = np.zeros((units.size, x.shape[1]))
-        np.add.at(unit_sum, unit_of, x[free])
-        unit_cent = unit_sum / np.bincount(unit_of)[:, None]
+        unit_cent = group_sum(x[free], unit_of, units.size) / np.bincount(unit_of)[:, None]
         sub_cents = np.stack([s / c for s, c in zip(sums, counts)])
         d = np.linalg.norm(unit_cent[:, None, :] - sub_cents[None, :, :], axis=2)
         target = d.argmin(axis=1)[unit_of]

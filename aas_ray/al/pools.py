@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from aas_ray.al.regions import dense_ids, singletons_to_clusters
+from aas_ray.al.regions import dense_ids, group_sum, singletons_to_clusters
 from aas_ray.cluster.knn import knn_search
 
 # Pair types under view A (SPEC §6): β1, β2, β3.
@@ -34,9 +34,8 @@ def region_medoids(x: np.ndarray, region_id: np.ndarray, n_regions: int) -> np.n
     """
     idx = np.flatnonzero(region_id >= 0)
     r = region_id[idx]
-    sums = np.zeros((n_regions, x.shape[1]), dtype=np.float64)
-    np.add.at(sums, r, x[idx])
-    score = np.einsum("ij,ij->i", x[idx], sums[r].astype(np.float32))
+    sums = group_sum(x[idx], r, n_regions)
+    score = np.einsum("ij,ij->i", x[idx], sums[r])
     order = np.lexsort((-score, r))
     first = np.ones(order.size, dtype=bool)
     first[1:] = r[order][1:] != r[order][:-1]

@@ -24,6 +24,13 @@ def dense_ids(labels: np.ndarray) -> tuple[np.ndarray, int]:
     return inv.astype(np.int64), uniq.size
 
 
+def group_sum(values: np.ndarray, groups: np.ndarray, n_groups: int) -> np.ndarray:
+    """Row sums of ``values`` per group id (a sparse indicator product; np.add.at is far slower)."""
+    ind = sp.csr_matrix((np.ones(groups.size, dtype=values.dtype), (groups, np.arange(groups.size))),
+                        shape=(n_groups, groups.size))
+    return np.asarray(ind @ values)
+
+
 def region_index(labels_a, labels_b) -> np.ndarray:
     """Region id of every image (SPEC §3), -1 for images in no region.
 
