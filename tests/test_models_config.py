@@ -24,9 +24,14 @@ def test_unknown_config_keys_are_rejected(tmp_path):
 def test_shipped_configs_are_valid():
     from pathlib import Path
 
+    from aas_ray.config import read_yaml
+
+    checked = 0
     for p in sorted((Path(__file__).parents[1] / "tune_configs").glob("*.yaml")):
-        if "study" not in p.read_text().split("\n")[0:5].__str__():
+        if "study" not in read_yaml(p):  # studies are validated by their own loader
             load_config(p)
+            checked += 1
+    assert checked >= 2
 
 
 def test_builtin_backbone_is_pretrained():
