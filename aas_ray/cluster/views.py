@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
 import warnings
 
@@ -107,12 +108,26 @@ def finch_view(
 
 
 def cluster_views(x: np.ndarray, cfg, use_gpu: bool | None = None) -> tuple[JaccardGraph, np.ndarray, np.ndarray]:
-    """Views A and B of unit features ``x`` with the ``cluster`` config section (SPEC §1-2)."""
-    from aas_ray.cluster.jaccard import jaccard_graph
+    """Views A and B of unit features ``x`` with the ``cluster`` config section (SPEC §1-2).
 
-    graph = jaccard_graph(x, cfg.k1, cfg.k2, use_gpu=use_gpu, min_sim=cfg.jaccard_min_sim)
-    a = dbscan_view(graph, cfg.eps, cfg.min_samples)
+    After the shared kNN search, view A (Jaccard + DBSCAN) and FINCH's hierarchy are built
+    concurrently (both release the GIL in their heavy parts); FINCH's level is then
+    chosen against A's cluster count.
+    """
+    from aas_ray.cluster.jaccard import jaccard_graph
+    from aas_ray.cluster.knn import knn_search
+
+    knn = knn_search(x, cfg.k1, use_gpu=use_gpu)
+
+    def view_a():
+        graph = jaccard_graph(x, cfg.k1, cfg.k2, use_gpu=use_gpu, knn=knn, min_sim=cfg.jaccard_min_sim)
+        return graph, dbscan_view(graph, cfg.eps, cfg.min_samples)
+
+    with ThreadPoolExecutor(2) as pool:
+        fa = pool.submit(view_a)
+        fb = pool.submit(finch_partitions, x, first_non_self_neighbour(knn[1]), cfg.finch_ann_threshold)
+        graph, a = fa.result()
+        parts, counts = fb.result()
     n_a = int(np.unique(a[a >= 0]).size)
-    b = finch_view(x, cfg.finch_partition, max(n_a, 1), first_non_self_neighbour(graph.knn_idx),
-                   cfg.finch_ann_threshold)
-    return graph, a, b
+    level = choose_partition(counts, cfg.finch_partition, max(n_a, 1))
+    return graph, a, parts[:, level]

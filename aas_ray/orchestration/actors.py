@@ -1,0 +1,64 @@
+"""One clustering / pair-mining Ray actor per dataset.
+
+It holds the dataset's frozen features and ground truth and caches the two views per
+clustering configuration, so every trial of a study that changes only AL parameters
+(ϵ, k_max, s_min, budget) reuses one clustering, and the datasets of a multi-dataset
+study are clustered side by side in their own actors. FAISS uses the GPU when the
+actor was given one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import ray
+
+log = logging.getLogger(__name__)
+
+
+@ray.remote
+class ClusteringActor:
+    def __init__(self, features: np.ndarray, truth: np.ndarray, name: str):
+        from aas_ray.checks import unit_features
+
+        self.x = unit_features(features)
+        self.truth = np.asarray(truth)
+        self.name = name
+        self._views: dict[str, tuple] = {}
+
+    def info(self) -> dict:
+        return {"name": self.name, "n": int(self.x.shape[0]), "d": int(self.x.shape[1]),
+                "cached_views": len(self._views)}
+
+    def views(self, cluster_cfg: dict):
+        """(JaccardGraph, labels_a, labels_b) for this clustering config, computed once."""
+        from aas_ray.cluster import cluster_views
+        from aas_ray.config import ClusterConfig
+
+        key = json.dumps(cluster_cfg, sort_keys=True)
+        if key not in self._views:
+            self._views[key] = cluster_views(self.x, ClusterConfig.model_validate(cluster_cfg))
+        return self._views[key]
+
+    def simulate(self, cfg_json: str, strategies: list[str], cycles: int | None) -> "object":
+        """An embedding-only simulation on this dataset with cached views (returns the table)."""
+        from aas_ray.al.samplers import Views, cosine_pair_sim
+        from aas_ray.config import Config
+        from aas_ray.experiment.simulate import simulate
+
+        cfg = Config.model_validate_json(cfg_json)
+        graph, a, b = self.views(cfg.cluster.model_dump(mode="json"))
+        sim = graph.pair_sim if cfg.cluster.similarity == "jaccard" else cosine_pair_sim(self.x)
+        return simulate(self.x, self.truth, cfg, strategies, cycles, views=Views(self.x, a, b, sim))
+
+
+def actor_name(study: str, dataset: str) -> str:
+    return f"aas-cluster-{study}-{dataset}"
+
+
+def create_actor(study: str, dataset: str, features: np.ndarray, truth: np.ndarray, num_gpus: float = 0.0):
+    """The study's named actor for ``dataset``; it lives as long as the driver that made it."""
+    return ClusteringActor.options(name=actor_name(study, dataset), get_if_exists=True, num_cpus=1,
+                                   num_gpus=num_gpus).remote(features, truth, dataset)

@@ -1,0 +1,189 @@
+"""``aas-ray tune``: a Ray Tune study over datasets and config keys, one MLflow parent run
+per study and one child run per trial."""
+
+from __future__ import annotations
+
+import logging
+import os
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import ray
+from ray import tune
+
+from aas_ray.orchestration.actors import actor_name, create_actor
+from aas_ray.orchestration.study import StudyConfig, load_study, trial_config
+from aas_ray.orchestration.tracking import MlflowTracker, check_tracking_uri, resolve_tracking_uri
+
+log = logging.getLogger(__name__)
+
+SIM_METRICS = ("nmi", "ari", "pair_precision", "pair_recall", "pair_f1", "clusters", "outliers", "regions", "U_os",
+               "U_us", "pairs_asked", "must_link", "cannot_link", "ml_cl_ratio", "utilised_budget")
+
+
+def _space(spec: dict):
+    kind, values = next(iter(spec.items()))
+    return {"grid": tune.grid_search, "choice": tune.choice}.get(kind, None)(values) if kind in ("grid", "choice") \
+        else (tune.uniform if kind == "uniform" else tune.loguniform)(*values)
+
+
+def absolute_paths(base_raw: dict, study: StudyConfig) -> None:
+    """Trials run in their own working directories: every path must be absolute."""
+    base_raw["output_dir"] = str(Path(base_raw.get("output_dir", "runs")).expanduser().resolve())
+    data = base_raw.setdefault("data", {})
+    data["cache_dir"] = str(Path(data.get("cache_dir", "~/.cache/aas-ray")).expanduser().resolve())
+    if data.get("root"):
+        data["root"] = str(Path(data["root"]).expanduser().resolve())
+    study.data_roots = {k: str(Path(v).expanduser().resolve()) for k, v in study.data_roots.items()}
+
+
+def _numeric(row: dict) -> dict:
+    return {k: float(v) for k, v in row.items() if isinstance(v, (int, float, np.integer, np.floating))
+            and not isinstance(v, bool) and np.isfinite(v)}
+
+
+def run_trial(params: dict, ctx: dict) -> None:
+    """One trial: a simulation on the dataset's actor, or a full training run."""
+    study = StudyConfig.model_validate(ctx["study"])
+    cfg = trial_config(ctx["base_raw"], params, study)
+    strategy = cfg.al.strategies[0]
+    tags = {"study": study.study, "dataset": cfg.data.name, "strategy": strategy, "kind": study.kind}
+    swept = {k: v for k, v in params.items() if k != "data.name"}
+    if study.kind == "train":
+        from aas_ray.orchestration.run import train_one
+
+        cfg.tracking.run_name = f"{cfg.data.name}-{strategy}-" + "-".join(f"{k.split('.')[-1]}={v}" for k, v in swept.items())
+        _, final = train_one(cfg, ctx["uri"], progress=False, parent_run_id=ctx["parent"], extra_tags=tags)
+        tune.report(_numeric(final))
+        return
+    name = f"{cfg.data.name}-{strategy}-" + "-".join(f"{k.split('.')[-1]}={v}" for k, v in swept.items())
+    child = MlflowTracker.create(ctx["uri"], cfg.tracking.experiment, name, tags, ctx["parent"])
+    child.log_params(cfg.flat())
+    try:
+        actor = ray.get_actor(actor_name(study.study, cfg.data.name))
+        table = ray.get(actor.simulate.remote(cfg.model_dump_json(), [strategy], study.cycles))
+        for row in table.to_dict("records"):
+            child.log_metrics({k: v for k, v in _numeric(row).items() if k in SIM_METRICS}, step=int(row["cycle"]))
+    except BaseException:
+        child.finish("FAILED")
+        raise
+    child.finish()
+    tune.report(_numeric(table.iloc[-1].to_dict()))
+
+
+def _load_dataset(cfg):
+    from aas_ray.experiment.setup import make_split, prepare_data
+    from aas_ray.experiment.zeroshot import dataset_features
+
+    data = prepare_data(cfg, progress=False)
+    feats = dataset_features(cfg, data, progress=False)
+    split = make_split(cfg, data, feats)
+    return feats[split.train], data.identities[split.train]
+
+
+def summarise(df: pd.DataFrame, study: StudyConfig, out: Path) -> list[Path]:
+    """Summary table (CSV + HTML) and plots: each metric against each swept key per dataset,
+    and the study metric against utilised budget per strategy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    cols = {c: c.removeprefix("config/") for c in df.columns if c.startswith("config/")}
+    table = df.rename(columns=cols)
+    keep = list(cols.values()) + [c for c in (*SIM_METRICS, "mAP", "mINP", "top1", "top5", "BAKS", "auc_roc", "pairs")
+                                  if c in table.columns]
+    table = table[[c for c in keep if c in table.columns]]
+    files = [out / "summary.csv", out / "summary.html"]
+    table.to_csv(files[0], index=False)
+    table.to_html(files[1], index=False, float_format=lambda v: f"{v:.4f}")
+    swept = [k for k in study.search if k in table.columns and k != "al.strategy"]
+    metrics = [m for m in (study.metric, "utilised_budget", "mAP", "nmi") if m in table.columns]
+    metrics = list(dict.fromkeys(metrics))
+    hue = "al.strategy" if "al.strategy" in table.columns else None
+    for key in swept:
+        fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
+        for ax, m in zip(axes[0], metrics):
+            groups = table.groupby(["data.name"] + ([hue] if hue else []))
+            for g, sub in groups:
+                agg = sub.groupby(key)[m].mean().sort_index()
+                ax.plot(agg.index.astype(float) if np.issubdtype(agg.index.dtype, np.number) else agg.index.astype(str),
+                        agg.values, marker="o", label=" / ".join(map(str, np.atleast_1d(g))))
+            ax.set_xlabel(key)
+            ax.set_ylabel(m)
+            ax.grid(alpha=0.3)
+        axes[0][0].legend(fontsize=7)
+        fig.suptitle(f"{study.study}: {key}")
+        fig.tight_layout()
+        p = out / f"sweep-{key.replace('.', '_')}.png"
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        files.append(p)
+    if "utilised_budget" in table.columns and study.metric in table.columns:
+        fig, ax = plt.subplots(figsize=(5, 3.6))
+        for g, sub in table.groupby(hue) if hue else [("all", table)]:
+            ax.scatter(100 * sub["utilised_budget"], sub[study.metric], label=str(g), alpha=0.8)
+        ax.set_xlabel("utilised budget (% of all pairs)")
+        ax.set_ylabel(study.metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        p = out / f"{study.metric}-vs-budget.png"
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        files.append(p)
+    return files
+
+
+def tune_cli(args) -> int:
+    study, base_raw = load_study(args.study, args.set)
+    absolute_paths(base_raw, study)
+    base_cfg = trial_config(base_raw, {"data.name": study.datasets[0]}, study)
+    uri = resolve_tracking_uri(args.tracking_uri, base_cfg.tracking.tracking_uri)
+    check_tracking_uri(uri)
+    if not ray.is_initialized():
+        ray.init(address=args.address or os.environ.get("RAY_ADDRESS"), log_to_driver=False)
+    parent = MlflowTracker.create(uri, base_cfg.tracking.experiment, f"study-{study.study}",
+                                  {"study": study.study, "kind": study.kind, "datasets": ",".join(study.datasets)})
+    parent.log_params({f"study.{k}": v for k, v in study.model_dump(mode="json").items()})
+    actors = []
+    if study.kind == "simulate":
+        for ds in study.datasets:
+            cfg = trial_config(base_raw, {"data.name": ds}, study)
+            x, y = _load_dataset(cfg)
+            actors.append(create_actor(study.study, ds, x, y))
+        log.info("clustering actors: %s", ray.get([a.info.remote() for a in actors]))
+    param_space = {"data.name": tune.grid_search(study.datasets), **{k: _space(s) for k, s in study.search.items()}}
+    ctx = {"study": study.model_dump(mode="json"), "base_raw": base_raw, "uri": uri, "parent": parent.run_id}
+    trainable = tune.with_resources(partial(run_trial, ctx=ctx), study.resources_per_trial.model_dump())
+    storage = Path(base_cfg.output_dir) / "tune"
+    tuner = tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(num_samples=study.num_samples, max_concurrent_trials=study.max_concurrent_trials,
+                                    metric=study.metric, mode=study.mode),
+        run_config=tune.RunConfig(name=f"{study.study}-{parent.run_id[:8]}", storage_path=str(storage), verbose=1),
+    )
+    try:
+        results = tuner.fit()
+    except BaseException:
+        parent.finish("FAILED")
+        raise
+    errors = results.errors
+    df = results.get_dataframe()
+    out = storage / f"{study.study}-{parent.run_id[:8]}" / "summary"
+    for f in summarise(df, study, out) if len(df) else []:
+        parent.log_artifact(f)
+    done = len(results) - len(errors)
+    parent.log_metrics({"trials_completed": done, "trials_failed": len(errors)}, step=0)
+    for err in errors:
+        log.error("trial failed: %s", err)
+    parent.finish("FINISHED" if not errors else "FAILED")
+    log.info("study %s: %d trials completed, %d failed; parent MLflow run %s; summary in %s", study.study, done,
+             len(errors), parent.run_id, out)
+    for a in actors:
+        ray.kill(a)
+    return 0 if not errors else 1
