@@ -32,8 +32,8 @@ def unit_features(features, name: str = "features") -> np.ndarray:
     if zero.any():
         rows = np.flatnonzero(zero)
         raise InputError(f"{name} have all-zero rows {rows[:10].tolist()}; cannot L2-normalise")
-    x /= norms[:, None]
-    return x
+    # A new array: the input may be read-only (Ray's object store) or the caller's.
+    return x / norms[:, None]
 
 
 def labels_array(labels, n: int | None = None, name: str = "labels") -> np.ndarray:

@@ -59,6 +59,9 @@ def actor_name(study: str, dataset: str) -> str:
 
 
 def create_actor(study: str, dataset: str, features: np.ndarray, truth: np.ndarray, num_gpus: float = 0.0):
-    """The study's named actor for ``dataset``; it lives as long as the driver that made it."""
-    return ClusteringActor.options(name=actor_name(study, dataset), get_if_exists=True, num_cpus=1,
+    """The study's named actor for ``dataset``; it lives as long as the driver that made it.
+
+    It reserves no CPU: trials call it synchronously, so its work uses the calling trial's CPU.
+    """
+    return ClusteringActor.options(name=actor_name(study, dataset), get_if_exists=True, num_cpus=0,
                                    num_gpus=num_gpus).remote(features, truth, dataset)

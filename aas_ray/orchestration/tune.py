@@ -150,27 +150,29 @@ def tune_cli(args) -> int:
                                   {"study": study.study, "kind": study.kind, "datasets": ",".join(study.datasets)})
     parent.log_params({f"study.{k}": v for k, v in study.model_dump(mode="json").items()})
     actors = []
-    if study.kind == "simulate":
-        for ds in study.datasets:
-            cfg = trial_config(base_raw, {"data.name": ds}, study)
-            x, y = _load_dataset(cfg)
-            actors.append(create_actor(study.study, ds, x, y))
-        log.info("clustering actors: %s", ray.get([a.info.remote() for a in actors]))
-    param_space = {"data.name": tune.grid_search(study.datasets), **{k: _space(s) for k, s in study.search.items()}}
-    ctx = {"study": study.model_dump(mode="json"), "base_raw": base_raw, "uri": uri, "parent": parent.run_id}
-    trainable = tune.with_resources(partial(run_trial, ctx=ctx), study.resources_per_trial.model_dump())
-    storage = Path(base_cfg.output_dir) / "tune"
-    tuner = tune.Tuner(
-        trainable,
-        param_space=param_space,
-        tune_config=tune.TuneConfig(num_samples=study.num_samples, max_concurrent_trials=study.max_concurrent_trials,
-                                    metric=study.metric, mode=study.mode),
-        run_config=tune.RunConfig(name=f"{study.study}-{parent.run_id[:8]}", storage_path=str(storage), verbose=1),
-    )
     try:
+        if study.kind == "simulate":
+            for ds in study.datasets:
+                cfg = trial_config(base_raw, {"data.name": ds}, study)
+                x, y = _load_dataset(cfg)
+                actors.append(create_actor(study.study, ds, x, y))
+            log.info("clustering actors: %s", ray.get([a.info.remote() for a in actors]))
+        param_space = {"data.name": tune.grid_search(study.datasets), **{k: _space(s) for k, s in study.search.items()}}
+        ctx = {"study": study.model_dump(mode="json"), "base_raw": base_raw, "uri": uri, "parent": parent.run_id}
+        trainable = tune.with_resources(partial(run_trial, ctx=ctx), study.resources_per_trial.model_dump())
+        storage = Path(base_cfg.output_dir) / "tune"
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space,
+            tune_config=tune.TuneConfig(num_samples=study.num_samples, max_concurrent_trials=study.max_concurrent_trials,
+                                        metric=study.metric, mode=study.mode),
+            run_config=tune.RunConfig(name=f"{study.study}-{parent.run_id[:8]}", storage_path=str(storage), verbose=1),
+        )
         results = tuner.fit()
     except BaseException:
         parent.finish("FAILED")
+        for a in actors:
+            ray.kill(a)
         raise
     errors = results.errors
     df = results.get_dataframe()
