@@ -6,30 +6,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import autograd, nn
+from torch import nn
 
 from aas_ray.al.regions import dense_ids
-
-
-class _MemoryProduct(autograd.Function):
-    """x @ features^T whose backward also pulls the touched memory rows towards x (momentum)."""
-
-    @staticmethod
-    def forward(ctx, inputs, indexes, features, momentum):
-        ctx.features, ctx.momentum = features, momentum
-        ctx.save_for_backward(inputs, indexes)
-        return inputs.mm(features.t())
-
-    @staticmethod
-    def backward(ctx, grad_outputs):
-        inputs, indexes = ctx.saved_tensors
-        grad_inputs = grad_outputs.mm(ctx.features.to(grad_outputs.dtype)) if ctx.needs_input_grad[0] else None
-        with torch.no_grad():
-            for x, y in zip(inputs, indexes.tolist()):
-                f = ctx.features[y]
-                f.mul_(ctx.momentum).add_((1.0 - ctx.momentum) * x.to(f.dtype))
-                f.div_(f.norm().clamp_min(1e-12))
-        return grad_inputs, None, None, None
 
 
 class HybridMemory(nn.Module):
@@ -37,6 +16,8 @@ class HybridMemory(nn.Module):
 
     The loss is SpCL's: logits to every memory item averaged per label (cluster centroids
     and un-clustered instances alike), softmax over the labels present, NLL of the own label.
+    The memory is a constant for the gradient; :meth:`update` applies SpCL's momentum update
+    after the backward pass (in DDP with every worker's batch, so all copies stay equal).
     """
 
     def __init__(self, num_features: int, num_samples: int, temp: float = 0.05, momentum: float = 0.2):
@@ -46,7 +27,7 @@ class HybridMemory(nn.Module):
         self.register_buffer("labels", torch.arange(num_samples))
 
     def forward(self, inputs: torch.Tensor, indexes: torch.Tensor) -> torch.Tensor:
-        logits = _MemoryProduct.apply(inputs.float(), indexes, self.features, self.momentum) / self.temp
+        logits = inputs.float().mm(self.features.detach().t()) / self.temp
         labels = self.labels
         k = int(labels.max()) + 1
         sums = torch.zeros(k, logits.size(0), device=logits.device).index_add_(0, labels, logits.t().contiguous())
@@ -59,6 +40,14 @@ class HybridMemory(nn.Module):
         exps = torch.exp(mean) * present.t()
         probs = exps / (exps.sum(dim=1, keepdim=True) + 1e-6)
         return F.nll_loss(torch.log(probs + 1e-6), labels[indexes])
+
+    @torch.no_grad()
+    def update(self, inputs: torch.Tensor, indexes: torch.Tensor) -> None:
+        """f_i <- normalise(m f_i + (1 - m) x_i), sample by sample in batch order, as SpCL."""
+        for x, y in zip(inputs.float(), indexes.tolist()):
+            f = self.features[y]
+            f.mul_(self.momentum).add_((1.0 - self.momentum) * x)
+            f.div_(f.norm().clamp_min(1e-12))
 
 
 def with_instance_classes(labels: np.ndarray) -> np.ndarray:

@@ -91,6 +91,19 @@ class SpCLTrainer:
         self.state = RunState.load(self.dir / "state.json")
         self.journal = AnnotationJournal(self.dir / "annotations.jsonl")
         self.device = resolve_device(cfg.model.device)
+        self.rank, self.world = 0, 1  # the DDP subclass sets these
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def wrap_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The module used for training steps (DDP wraps it; here it is the model itself)."""
+        return model
+
+    def extract(self, cat) -> np.ndarray:
+        return extract_features(self.model, cat, self.cfg.model.image_size, self.cfg.model.batch_size,
+                                self.cfg.model.workers, self.device, self.progress, desc="eval features")
 
     # ---- setup ---------------------------------------------------------------------
     def setup(self) -> None:
@@ -108,6 +121,9 @@ class SpCLTrainer:
         self.model = build_model(cfg.model).to(self.device)
         if self.device.type == "cuda" and cfg.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        if cfg.train.batch_size % (cfg.train.num_instances * self.world):
+            raise InputError(f"train.batch_size ({cfg.train.batch_size}) must be a multiple of num_instances x "
+                             f"workers ({cfg.train.num_instances} x {self.world})")
         self.memory = HybridMemory(self.model.feat_dim, n, cfg.train.temp, cfg.train.momentum).to(self.device)
         self.memory.features.copy_(torch.from_numpy(ref[self.split.train]))
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -120,7 +136,9 @@ class SpCLTrainer:
         ckpt = self.dir / "checkpoint.pt"
         if ckpt.is_file():
             self._load_checkpoint(ckpt)
-        (self.dir / "config.yaml").write_text(dump_config(cfg))
+        self.train_module = self.wrap_model(self.model)
+        if self.is_main:
+            (self.dir / "config.yaml").write_text(dump_config(cfg))
 
     def _checkpoint(self) -> None:
         atomic_torch_save({
@@ -248,20 +266,27 @@ class SpCLTrainer:
         cfg = self.cfg.train
         self.memory.labels.copy_(torch.from_numpy(labels).to(self.device))
         ds = CatalogueImages(self.train_cat, train_transform(tuple(self.cfg.model.image_size), self.model.mean_std))
-        sampler = PKSampler(labels, cfg.batch_size, cfg.num_instances, cfg.iters, seed=self.cfg.seed * 1000 + epoch)
-        loader = DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
-                            collate_fn=to_tensor_batch, drop_last=True, pin_memory=self.device.type == "cuda")
-        self.model.train()
+        # The same global PK batches on every worker; each trains on its slice of each batch.
+        order = np.fromiter(PKSampler(labels, cfg.batch_size, cfg.num_instances, cfg.iters,
+                                      seed=self.cfg.seed * 1000 + epoch), dtype=np.int64)
+        per = cfg.batch_size // self.world
+        batches = [b[self.rank * per:(self.rank + 1) * per].tolist()
+                   for b in order[: order.size // cfg.batch_size * cfg.batch_size].reshape(-1, cfg.batch_size)]
+        loader = DataLoader(ds, batch_sampler=batches, num_workers=cfg.workers, collate_fn=to_tensor_batch,
+                            pin_memory=self.device.type == "cuda")
+        self.train_module.train()
         losses, seen, t0 = [], 0, time.perf_counter()
         for imgs, idx in tqdm(loader, desc=f"epoch {epoch}", disable=not self.progress, leave=False):
             imgs = imgs.to(self.device, non_blocking=True)
             if self.device.type == "cuda" and cfg.channels_last:
                 imgs = imgs.to(memory_format=torch.channels_last)
             with torch.autocast(device_type=self.device.type, enabled=self.scaler.is_enabled()):
-                f = self.model(imgs)
-            loss = self.memory(f.float(), idx.to(self.device))
+                f = self.train_module(imgs)
+            idx = idx.to(self.device)
+            loss = self.memory(f.float(), idx)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
+            self.update_memory(f.detach(), idx)
             self.scaler.step(self.optimizer)
             self.scaler.update()
             if not math.isfinite(loss.item()):
@@ -273,9 +298,11 @@ class SpCLTrainer:
         return {"train/loss": float(np.mean(losses)), "train/images_per_s": seen / dt,
                 "train/lr": self.optimizer.param_groups[0]["lr"]}
 
+    def update_memory(self, feats: torch.Tensor, idx: torch.Tensor) -> None:
+        self.memory.update(feats, idx)
+
     def evaluate(self, step: int) -> dict:
-        feats = extract_features(self.model, self.data.cat, self.cfg.model.image_size, self.cfg.model.batch_size,
-                                 self.cfg.model.workers, self.device, self.progress, desc="eval features")
+        feats = self.extract(self.data.cat)
         m = evaluate_split(feats, self.data.identities, self.split)
         asked = len(self.store.annotations)
         row = {"step": step, **m, "utilised_budget": asked / total_pairs(len(self.train_cat)), "pairs": asked}
@@ -288,23 +315,35 @@ class SpCLTrainer:
         if not hasattr(self, "model"):
             self.setup()
         if self.state.epoch_done < 0 and not any(e["step"] == 0 for e in self.state.evals):
-            self.tracker.log_metrics(self.evaluate(0), step=0)  # zero-shot, budget 0
-            self.state.save(self.dir / "state.json")
+            m0 = self.evaluate(0)  # zero-shot, budget 0
+            if self.is_main:
+                self.tracker.log_metrics(m0, step=0)
+                self.state.save(self.dir / "state.json")
         for epoch in range(self.state.epoch_done + 1, cfg.train.epochs):
-            labels, metrics = self.pseudo_labels(epoch)
+            labels, metrics = self.epoch_labels(epoch)
             metrics.update(self.train_epoch(labels, epoch))
             last = epoch == cfg.train.epochs - 1
             if (epoch + 1) % cfg.train.eval_every == 0 or last:
                 metrics.update(self.evaluate(epoch + 1))
             self.state.epoch_done = epoch
             self.state.finished = last
-            self._checkpoint()
-            self.tracker.log_metrics(metrics, step=epoch + 1)
+            if self.is_main:
+                self._checkpoint()
+                self.tracker.log_metrics(metrics, step=epoch + 1)
+            self.end_epoch(epoch, metrics)
             log.info("epoch %d: loss %.4f, %d clusters, %d instances, NMI %.3f%s", epoch, metrics["train/loss"],
                      metrics["cluster/clusters"], metrics["cluster/instances"], metrics["cluster/nmi"],
                      f", mAP {metrics['eval/mAP']:.4f}" if "eval/mAP" in metrics else "")
-        self.export()
+        if self.is_main:
+            self.export()
         return self.state.evals[-1] if self.state.evals else {}
+
+    def epoch_labels(self, epoch: int) -> tuple[np.ndarray, dict]:
+        """Pseudo-labels for this epoch (DDP: computed once on rank 0, then broadcast)."""
+        return self.pseudo_labels(epoch)
+
+    def end_epoch(self, epoch: int, metrics: dict) -> None:
+        """Called after each checkpoint (Ray Train reports it from here)."""
 
     def export(self) -> None:
         """Tables and final weights in the run folder (the tracker uploads them)."""

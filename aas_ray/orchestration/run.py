@@ -30,7 +30,7 @@ def find_run_dir(ref: str, output_dir: str) -> Path:
 
 
 def train_one(cfg: Config, uri: str, run_dir: Path | None = None, progress: bool = True,
-              parent_run_id: str | None = None, extra_tags: dict | None = None) -> tuple[str, dict]:
+              parent_run_id: str | None = None, extra_tags: dict | None = None, workers: int = 0) -> tuple[str, dict]:
     """One strategy, start to finish (or resume). Returns (MLflow run id, final eval row)."""
     strategy = cfg.al.strategies[0]
     if run_dir is None:
@@ -48,7 +48,17 @@ def train_one(cfg: Config, uri: str, run_dir: Path | None = None, progress: bool
     trainer = SpCLTrainer(cfg, run_dir, tracker, progress)
     trainer.state.tracking_run_id = tracker.run_id
     try:
-        final = trainer.run()
+        if workers > 0:
+            from aas_ray.experiment.trainer import RunState
+            from aas_ray.orchestration.ddp import train_distributed
+
+            result = train_distributed(cfg, run_dir, workers, uri, tracker.run_id)
+            if result.error is not None:
+                raise result.error
+            trainer.state = RunState.load(run_dir / "state.json")
+            final = trainer.state.evals[-1] if trainer.state.evals else {}
+        else:
+            final = trainer.run()
     except AwaitingAnnotations as wait:
         log.warning("%s", wait)
         log.warning("resume with: aas-ray run --resume %s", run_dir)
@@ -70,7 +80,7 @@ def run_cli(args, cfg: Config) -> int:
     if args.resume:
         run_dir = find_run_dir(args.resume, cfg.output_dir)
         cfg = load_config(run_dir / "config.yaml")
-        run_id, final = train_one(cfg, uri, run_dir)
+        run_id, final = train_one(cfg, uri, run_dir, workers=args.workers)
         log.info("run %s finished: %s", run_id, {k: round(v, 4) for k, v in final.items() if isinstance(v, float)})
         return 0
     strategies = args.strategies.split(",") if args.strategies else cfg.al.strategies
@@ -78,7 +88,7 @@ def run_cli(args, cfg: Config) -> int:
     for s in strategies:
         one = cfg.model_copy(deep=True)
         one.al.strategy = s.strip()
-        run_id, final = train_one(one, uri)
+        run_id, final = train_one(one, uri, workers=args.workers)
         rows.append({"strategy": s, "run_id": run_id, **{k: final.get(k) for k in
                      ("mAP", "mINP", "top1", "top5", "BAKS", "auc_roc", "utilised_budget", "pairs")}})
     table = pd.DataFrame(rows)
