@@ -79,6 +79,24 @@ def atomic_torch_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def epoch_views(x: np.ndarray, cluster_cfg: dict, need_b: bool):
+    """One epoch's clusterings of the memory features (SPEC §2, §10): the Jaccard graph,
+    view A at eps and at eps ± gap (self-paced criteria), and view B when a cycle needs it."""
+    from aas_ray.config import ClusterConfig
+
+    cc = ClusterConfig.model_validate(cluster_cfg)
+    graph = jaccard_graph(x, cc.k1, cc.k2, min_sim=cc.jaccard_min_sim)
+    a = dbscan_view(graph, cc.eps, cc.min_samples)
+    tight = dbscan_view(graph, max(cc.eps - cc.eps_gap, 1e-3), cc.min_samples)
+    loose = dbscan_view(graph, min(cc.eps + cc.eps_gap, 0.999), cc.min_samples)
+    b = None
+    if need_b:
+        n_a = int(np.unique(a[a >= 0]).size)
+        b = finch_view(x, cc.finch_partition, max(n_a, 1), first_non_self_neighbour(graph.knn_idx),
+                       cc.finch_ann_threshold)
+    return graph, a, tight, loose, b
+
+
 class SpCLTrainer:
     """The AL training loop for one config in one run folder."""
 
@@ -92,6 +110,8 @@ class SpCLTrainer:
         self.journal = AnnotationJournal(self.dir / "annotations.jsonl")
         self.device = resolve_device(cfg.model.device)
         self.rank, self.world = 0, 1  # the DDP subclass sets these
+        # Where the per-epoch clustering runs: here, or a Ray actor (orchestration layer).
+        self.clusterer = epoch_views
 
     @property
     def is_main(self) -> bool:
@@ -200,12 +220,9 @@ class SpCLTrainer:
         path.rename(path.with_suffix(".answered.csv"))
         return len(answers)
 
-    def run_cycle(self, c: int, x: np.ndarray, graph, labels_a: np.ndarray) -> dict:
+    def run_cycle(self, c: int, x: np.ndarray, graph, labels_a: np.ndarray, labels_b: np.ndarray) -> dict:
         cfg = self.cfg
         n = x.shape[0]
-        n_a = int(np.unique(labels_a[labels_a >= 0]).size)
-        labels_b = finch_view(x, cfg.cluster.finch_partition, max(n_a, 1),
-                              first_non_self_neighbour(graph.knn_idx), cfg.cluster.finch_ann_threshold)
         sim = graph.pair_sim if cfg.cluster.similarity == "jaccard" else cosine_pair_sim(x)
         views = Views(x, labels_a, labels_b, sim)
         already = sum(1 for a in self.store.annotations if a.cycle == c)
@@ -235,19 +252,16 @@ class SpCLTrainer:
     def pseudo_labels(self, epoch: int) -> tuple[np.ndarray, dict]:
         cfg = self.cfg
         x = self.memory.features.detach().float().cpu().numpy()
-        graph = jaccard_graph(x, cfg.cluster.k1, cfg.cluster.k2, min_sim=cfg.cluster.jaccard_min_sim)
-        eps, gap = cfg.cluster.eps, cfg.cluster.eps_gap
-        a = dbscan_view(graph, eps, cfg.cluster.min_samples)
-        tight = dbscan_view(graph, max(eps - gap, 1e-3), cfg.cluster.min_samples)
-        loose = dbscan_view(graph, min(eps + gap, 0.999), cfg.cluster.min_samples)
-        metrics: dict = {}
         c = self.cycle_at(epoch)
+        need_b = c is not None and not any(r["cycle"] == c for r in self.state.cycles)
+        graph, a, tight, loose, b = self.clusterer(x, cfg.cluster.model_dump(mode="json"), need_b)
+        metrics: dict = {}
         if c is not None:
             if self.state.pending_cycle == c:
                 self.import_answers(c)
             # A cycle cut short by a crash has no row yet: it runs again and asks only the rest.
             if not any(r["cycle"] == c for r in self.state.cycles):
-                metrics.update({f"al/{k}": v for k, v in self.run_cycle(c, x, graph, a).items()})
+                metrics.update({f"al/{k}": v for k, v in self.run_cycle(c, x, graph, a, b).items()})
         ml, cl = self.store.must_links(), self.store.cannot_links()
         refined = np3(a, ml, cl, x) if ml.size or cl.size else a
         protected = np.zeros(x.shape[0], dtype=bool)

@@ -20,11 +20,12 @@ log = logging.getLogger(__name__)
 
 @ray.remote
 class ClusteringActor:
-    def __init__(self, features: np.ndarray, truth: np.ndarray, name: str):
+    def __init__(self, name: str, features: np.ndarray | None = None, truth: np.ndarray | None = None):
         from aas_ray.checks import unit_features
 
-        self.x = unit_features(features)
-        self.truth = np.asarray(truth)
+        # A study's actor holds its dataset's frozen features; a trainer's holds none.
+        self.x = unit_features(features) if features is not None else np.empty((0, 0), np.float32)
+        self.truth = np.asarray(truth) if truth is not None else np.empty(0)
         self.name = name
         self._views: dict[str, tuple] = {}
 
@@ -42,6 +43,12 @@ class ClusteringActor:
             self._views[key] = cluster_views(self.x, ClusterConfig.model_validate(cluster_cfg))
         return self._views[key]
 
+    def epoch_views(self, x: np.ndarray, cluster_cfg: dict, need_b: bool):
+        """The trainer's per-epoch clustering of its memory features (nothing cached: they move)."""
+        from aas_ray.experiment.trainer import epoch_views
+
+        return epoch_views(x, cluster_cfg, need_b)
+
     def simulate(self, cfg_json: str, strategies: list[str], cycles: int | None) -> "object":
         """An embedding-only simulation on this dataset with cached views (returns the table)."""
         from aas_ray.al.samplers import Views, cosine_pair_sim
@@ -54,6 +61,16 @@ class ClusteringActor:
         return simulate(self.x, self.truth, cfg, strategies, cycles, views=Views(self.x, a, b, sim))
 
 
+class ActorClusterer:
+    """Drop-in for the trainer's ``clusterer``: the same call, run by a ClusteringActor."""
+
+    def __init__(self, actor):
+        self.actor = actor
+
+    def __call__(self, x: np.ndarray, cluster_cfg: dict, need_b: bool):
+        return ray.get(self.actor.epoch_views.remote(x, cluster_cfg, need_b))
+
+
 def actor_name(study: str, dataset: str) -> str:
     return f"aas-cluster-{study}-{dataset}"
 
@@ -64,4 +81,4 @@ def create_actor(study: str, dataset: str, features: np.ndarray, truth: np.ndarr
     It reserves no CPU: trials call it synchronously, so its work uses the calling trial's CPU.
     """
     return ClusteringActor.options(name=actor_name(study, dataset), get_if_exists=True, num_cpus=0,
-                                   num_gpus=num_gpus).remote(features, truth, dataset)
+                                   num_gpus=num_gpus).remote(dataset, features, truth)

@@ -110,6 +110,13 @@ def train_loop_per_worker(config: dict) -> None:
     tracker = MlflowTracker(config["uri"], config["run_id"]) if rank == 0 and config.get("uri") else None
     trainer = DistributedSpCLTrainer(cfg, run_dir, tracker, rank, world)
     trainer.state.tracking_run_id = config.get("run_id")
+    if rank == 0:
+        # Clustering and pair mining run in the dataset's actor (FAISS on its GPU, if any),
+        # not in the training worker.
+        from aas_ray.orchestration.actors import ActorClusterer, ClusteringActor
+
+        actor = ClusteringActor.options(num_cpus=0).remote(cfg.data.name)
+        trainer.clusterer = ActorClusterer(actor)
     trainer.run()
 
 
