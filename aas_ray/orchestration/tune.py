@@ -110,8 +110,8 @@ def summarise(df: pd.DataFrame, study: StudyConfig, out: Path) -> list[Path]:
             groups = table.groupby(["data.name"] + ([hue] if hue else []))
             for g, sub in groups:
                 agg = sub.groupby(key)[m].mean().sort_index()
-                ax.plot(agg.index.astype(float) if np.issubdtype(agg.index.dtype, np.number) else agg.index.astype(str),
-                        agg.values, marker="o", label=" / ".join(map(str, np.atleast_1d(g))))
+                x = agg.index.astype(float) if pd.api.types.is_numeric_dtype(agg.index) else agg.index.astype(str)
+                ax.plot(x, agg.values, marker="o", label=" / ".join(map(str, np.atleast_1d(g))))
             ax.set_xlabel(key)
             ax.set_ylabel(m)
             ax.grid(alpha=0.3)
@@ -177,8 +177,16 @@ def tune_cli(args) -> int:
     errors = results.errors
     df = results.get_dataframe()
     out = storage / f"{study.study}-{parent.run_id[:8]}" / "summary"
-    for f in summarise(df, study, out) if len(df) else []:
-        parent.log_artifact(f)
+    try:
+        for f in summarise(df, study, out) if len(df) else []:
+            parent.log_artifact(f)
+    except BaseException:
+        # The trials' own runs are complete; only the summary failed. Keep the table.
+        out.mkdir(parents=True, exist_ok=True)
+        df.to_csv(out / "results.csv", index=False)
+        parent.log_artifact(out / "results.csv")
+        parent.finish("FAILED")
+        raise
     done = len(results) - len(errors)
     parent.log_metrics({"trials_completed": done, "trials_failed": len(errors)}, step=0)
     for err in errors:
