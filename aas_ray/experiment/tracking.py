@@ -13,8 +13,6 @@ class Tracker(Protocol):
 
     def log_artifact(self, path: Path, subdir: str | None = None) -> None: ...
 
-    def logged_steps(self, key: str) -> set[int]: ...
-
 
 class NullTracker:
     """Keeps metrics in memory; used by tests and when no tracking is wanted."""
@@ -32,6 +30,3 @@ class NullTracker:
 
     def log_artifact(self, path: Path, subdir: str | None = None) -> None:
         self.artifacts.append(Path(path))
-
-    def logged_steps(self, key: str) -> set[int]:
-        return {s for s, m in self.metrics if key in m}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 from pathlib import Path
 from typing import Literal
 
@@ -89,14 +88,3 @@ def trial_config(base_raw: dict, params: dict, study: StudyConfig, source: str =
     if ds in study.data_roots:
         extra.setdefault("data.root", study.data_roots[ds])
     return build_config(base_raw, _nested(extra), source=source)
-
-
-def grid_size(study: StudyConfig) -> int:
-    sizes = [len(next(iter(s.values()))) for s in study.search.values() if "grid" in s]
-    return len(study.datasets) * study.num_samples * int(__import__("math").prod(sizes) if sizes else 1)
-
-
-def expand_grid(study: StudyConfig) -> list[dict]:
-    """Every grid point (datasets x grid axes); random axes are left to Tune."""
-    axes = [("data.name", study.datasets)] + [(k, s["grid"]) for k, s in study.search.items() if "grid" in s]
-    return [dict(zip([a for a, _ in axes], combo)) for combo in itertools.product(*[v for _, v in axes])]

@@ -8,7 +8,6 @@ from pathlib import Path
 from urllib.error import URLError
 from urllib.request import urlopen
 
-import mlflow
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
@@ -76,19 +75,9 @@ class MlflowTracker:
         if Path(path).exists():
             self.client.log_artifact(self.run_id, str(path), subdir)
 
-    def logged_steps(self, key: str) -> set[int]:
-        return {m.step for m in self.client.get_metric_history(self.run_id, key)}
-
-    def set_tags(self, tags: dict) -> None:
-        for k, v in tags.items():
-            self.client.set_tag(self.run_id, k, str(v))
-
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status)
 
     def reopen(self) -> None:
         self.client.update_run(self.run_id, status="RUNNING")
 
-
-def set_global_uri(uri: str) -> None:
-    mlflow.set_tracking_uri(uri)

@@ -24,9 +24,13 @@ SIM_METRICS = ("nmi", "ari", "pair_precision", "pair_recall", "pair_f1", "cluste
 
 
 def _space(spec: dict):
+    """A study's {kind: values} as a Tune search space."""
     kind, values = next(iter(spec.items()))
-    return {"grid": tune.grid_search, "choice": tune.choice}.get(kind, None)(values) if kind in ("grid", "choice") \
-        else (tune.uniform if kind == "uniform" else tune.loguniform)(*values)
+    if kind == "grid":
+        return tune.grid_search(values)
+    if kind == "choice":
+        return tune.choice(values)
+    return (tune.uniform if kind == "uniform" else tune.loguniform)(*values)
 
 
 def absolute_paths(base_raw: dict, study: StudyConfig) -> None:
