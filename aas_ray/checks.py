@@ -12,6 +12,8 @@ class InputError(ValueError):
 def unit_features(features, name: str = "features") -> np.ndarray:
     """Return ``features`` as a C-contiguous float32 array of L2-normalised rows (SPEC §0).
 
+    The result may be ``features`` itself (when it already is one); treat it as read-only.
+
     Rejects what would otherwise poison every downstream stage silently: wrong rank,
     no rows, NaN/inf and all-zero rows (which have no direction to normalise).
     """
@@ -27,12 +29,16 @@ def unit_features(features, name: str = "features") -> np.ndarray:
         raise InputError(
             f"{name} contain NaN or inf in {rows.size} row(s), first rows {rows[:10].tolist()}"
         )
-    norms = np.linalg.norm(x, axis=1)
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x))
     zero = norms < 1e-12
     if zero.any():
         rows = np.flatnonzero(zero)
         raise InputError(f"{name} have all-zero rows {rows[:10].tolist()}; cannot L2-normalise")
-    # A new array: the input may be read-only (Ray's object store) or the caller's.
+    # Features are usually unit already (every stage normalises once); then the array is
+    # returned as is: callers treat the result as read-only and never write into it.
+    if np.abs(norms - 1.0).max() <= 1e-6:
+        return x
+    # Otherwise a new array: the input may be read-only (Ray's object store) or the caller's.
     return x / norms[:, None]
 
 

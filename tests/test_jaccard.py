@@ -56,3 +56,14 @@ def test_nan_features_are_rejected():
 def test_empty_features_are_rejected():
     with pytest.raises(InputError, match="empty"):
         jaccard_graph(np.zeros((0, 8)))
+
+
+def test_padded_knn_table_is_rejected():
+    # FAISS pads with -1 when it finds fewer than k neighbours; a -1 must not be read as
+    # "the last image" by the support kernels.
+    x = np.random.default_rng(0).normal(size=(50, 8)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    sims, idx = knn_search(x, 10)
+    idx[3, 4] = -1
+    with pytest.raises(InputError, match="-1"):
+        jaccard_graph(x, 10, 3, knn=(sims, idx))

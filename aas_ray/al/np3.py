@@ -3,13 +3,15 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import networkx as nx
+import numba
 import numpy as np
 import scipy.sparse as sp
 from scipy.optimize import linear_sum_assignment
 from scipy.sparse.csgraph import connected_components
 
-from aas_ray.al.regions import group_sum
 from aas_ray.checks import InputError, labels_array, pair_array, unit_features
 
 # Conflict graphs up to this many nodes are coloured exactly; larger ones by DSatur.
@@ -56,58 +58,187 @@ def color_graph(g: nx.Graph) -> dict:
     return {}
 
 
-def _purify(members: np.ndarray, comp: np.ndarray, cl: np.ndarray, x: np.ndarray) -> list[np.ndarray]:
+def _group_colourings(edges: np.ndarray, n_nodes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """CL groups of a conflict graph and a proper colouring of each (SPEC §9 step 3).
+
+    Returns (group of each node, colour of each node, colours used per group). Bipartite
+    groups (single CLs, stars, even cycles: nearly all of them) get their unique optimal
+    2-colouring from one connected-components pass over the bipartite double cover: v
+    takes colour 0 when (v, 0) is connected to (root, 0), i.e. at an even distance from
+    its group's smallest node. Only groups with an odd cycle are coloured one by one.
+    """
+    k = n_nodes
+    u, v = edges[:, 0], edges[:, 1]
+    g = sp.coo_matrix((np.ones(u.size), (u, v)), shape=(k, k))
+    n_groups, group = connected_components(g, directed=False)
+    cover = sp.coo_matrix((np.ones(2 * u.size), (np.r_[u, u + k], np.r_[v + k, v])), shape=(2 * k, 2 * k))
+    _, side = connected_components(cover, directed=False)
+    root = np.full(n_groups, k)
+    np.minimum.at(root, group, np.arange(k))
+    colour = (side[:k] != side[root[group]]).astype(np.int64)
+    # (v, 0) and (v, 1) connected <=> an odd cycle through v's group: not 2-colourable.
+    odd = np.unique(group[side[:k] == side[k:]])
+    edge_group = group[u]
+    for gi in odd:
+        conflict = nx.Graph()
+        conflict.add_edges_from(edges[edge_group == gi].tolist())
+        for node, c in color_graph(conflict).items():
+            colour[node] = c
+    n_colours = np.zeros(n_groups, dtype=np.int64)
+    np.maximum.at(n_colours, group, colour + 1)
+    return group, colour, n_colours
+
+
+def _sq_dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Squared Euclidean distances between the rows of ``a`` and ``b`` (ranks equal L2's)."""
+    return (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)
+
+
+def _unit_centroids(x: np.ndarray, unit_of: np.ndarray, n_units: int) -> np.ndarray:
+    if n_units == unit_of.size:  # every unit a single image: nothing to average
+        out = np.empty_like(x)
+        out[unit_of] = x
+        return out
+    # A cluster's units are few: a dense indicator product beats any scatter-add.
+    ind = np.zeros((n_units, unit_of.size), dtype=x.dtype)
+    ind[unit_of, np.arange(unit_of.size)] = 1.0
+    return (ind @ x) / ind.sum(axis=1, keepdims=True)
+
+
+def _purify(members, member_node, groups, group, colour, n_colours, group_nodes, member_comp, x) -> list[np.ndarray]:
     """Split one impure cluster into sub-clusters satisfying its internal CLs (SPEC §9 step 3).
 
-    Returns the member indices of each sub-cluster; ML groups (``comp``) are never split.
+    ``member_node``: each member's conflict-graph node (its ML group), -1 when it carries
+    no internal CL; ``groups``: this cluster's CL groups; ``group_nodes``: ML groups per CL group. Returns the member indices of
+    each sub-cluster; ML groups are never split. Only the cluster's own rows are touched.
     """
-    conflict = nx.Graph()
-    conflict.add_edges_from(zip(comp[cl[:, 0]].tolist(), comp[cl[:, 1]].tolist()))
-    groups = [conflict.subgraph(c).copy() for c in nx.connected_components(conflict)]
-    colorings = [color_graph(g) for g in groups]
-    n_colors = [max(c.values()) + 1 for c in colorings]
+    xm = x[members]
+    placed = member_node >= 0
+    member_group = np.where(placed, group[np.maximum(member_node, 0)], -1)
+    member_colour = colour[np.maximum(member_node, 0)]
     # The CL group of highest chromatic number fixes the sub-clusters; larger groups first
     # among the rest so that the sub-cluster centroids settle on the most evidence.
-    order = sorted(range(len(groups)), key=lambda i: (-n_colors[i], -groups[i].number_of_nodes()))
-    member_comp = comp[members]
+    groups = groups[np.lexsort((groups, -group_nodes[groups], -n_colours[groups]))]
 
-    def classes(coloring: dict, k: int) -> list[np.ndarray]:
-        by_color: list[list] = [[] for _ in range(k)]
-        for node, c in coloring.items():
-            by_color[c].append(node)
-        return [members[np.isin(member_comp, nodes)] for nodes in by_color]
+    def classes(gi: int) -> list[np.ndarray]:
+        here = member_group == gi
+        return [np.flatnonzero(here & (member_colour == c)) for c in range(n_colours[gi])]
 
-    first = order[0]
-    subclusters = classes(colorings[first], n_colors[first])
-    sums = [x[s].sum(axis=0) for s in subclusters]
+    subclusters = classes(groups[0])
+    sums = [xm[s].sum(axis=0) for s in subclusters]
     counts = [s.size for s in subclusters]
-    for gi in order[1:]:
-        cls = classes(colorings[gi], n_colors[gi])
-        cents = np.stack([x[c].mean(axis=0) for c in cls])
+    for gi in groups[1:]:
+        cls = classes(gi)
+        cents = np.stack([xm[c].mean(axis=0) for c in cls])
         sub_cents = np.stack([s / c for s, c in zip(sums, counts)])
-        cost = np.linalg.norm(cents[:, None, :] - sub_cents[None, :, :], axis=2)
-        rows, cols = linear_sum_assignment(cost)
+        rows, cols = linear_sum_assignment(np.sqrt(np.maximum(_sq_dists(cents, sub_cents), 0.0)))
         # DSatur may use more colours than the first group's χ: extra classes open sub-clusters.
         for r, c in zip(rows, cols):
             subclusters[c] = np.concatenate([subclusters[c], cls[r]])
-            sums[c] = sums[c] + x[cls[r]].sum(axis=0)
+            sums[c] = sums[c] + xm[cls[r]].sum(axis=0)
             counts[c] += cls[r].size
         for r in sorted(set(range(len(cls))) - set(rows.tolist())):
             subclusters.append(cls[r])
-            sums.append(x[cls[r]].sum(axis=0))
+            sums.append(xm[cls[r]].sum(axis=0))
             counts.append(cls[r].size)
     # Unconstrained members and unconflicted ML groups join the nearest sub-cluster, as units.
-    placed = np.isin(member_comp, list(conflict.nodes))
-    free = members[~placed]
+    free = np.flatnonzero(~placed)
     if free.size:
-        units, unit_of = np.unique(comp[free], return_inverse=True)
-        unit_cent = group_sum(x[free], unit_of, units.size) / np.bincount(unit_of)[:, None]
+        units, unit_of = np.unique(member_comp[free], return_inverse=True)
+        unit_cent = _unit_centroids(xm[free], unit_of, units.size)
         sub_cents = np.stack([s / c for s, c in zip(sums, counts)])
-        d = np.linalg.norm(unit_cent[:, None, :] - sub_cents[None, :, :], axis=2)
-        target = d.argmin(axis=1)[unit_of]
+        target = _sq_dists(unit_cent, sub_cents).argmin(axis=1)[unit_of]
         for c in np.unique(target):
             subclusters[c] = np.concatenate([subclusters[c], free[target == c]])
-    return subclusters
+    return [members[s] for s in subclusters]
+
+
+@dataclass
+class _ConflictGraph:
+    """The conflict graph of all impure clusters: each image's node (-1: none), each node's
+    CL group and colour, and per group its colour count and node count."""
+
+    node_of: np.ndarray
+    group: np.ndarray
+    colour: np.ndarray
+    n_colours: np.ndarray
+    group_nodes: np.ndarray
+
+
+def _split_each(out, clusters, groups_of, graph: _ConflictGraph, comp, x, next_id: int) -> int:
+    """SPEC §9 step 3 cluster by cluster (:func:`_purify`); colour 0 keeps the cluster id."""
+    order = np.argsort(out, kind="stable")
+    sorted_labels = out[order]
+    for c, groups in zip(clusters, groups_of):
+        lo, hi = np.searchsorted(sorted_labels, [c, c + 1])
+        members = order[lo:hi]
+        subs = _purify(members, graph.node_of[members], groups, graph.group, graph.colour, graph.n_colours,
+                       graph.group_nodes, comp[members], x)
+        for s in subs[1:]:
+            out[s] = next_id
+            next_id += 1
+    return next_id
+
+
+def _centroids(x: np.ndarray, rows: np.ndarray, groups: np.ndarray, n_groups: int) -> np.ndarray:
+    """Mean of ``x[rows]`` per group, through a sparse indicator over x (no gathered copy)."""
+    ind = sp.csr_matrix((np.ones(rows.size, dtype=x.dtype), (groups, rows)), shape=(n_groups, x.shape[0]))
+    return np.asarray(ind @ x) / np.bincount(groups, minlength=n_groups)[:, None]
+
+
+@numba.njit(cache=True)
+def _nearest_colour(unit_cent, sub_cent, sub_sq, base, chi):
+    """For each unit, the colour c < chi[u] whose centroid sub_cent[base[u] + c] is nearest
+    (first on ties); ||u||^2 is the same for all candidates and is left out."""
+    out = np.zeros(unit_cent.shape[0], dtype=np.int64)
+    for u in range(unit_cent.shape[0]):
+        best = np.inf
+        for c in range(chi[u]):
+            s = base[u] + c
+            d = sub_sq[s] - 2.0 * np.dot(unit_cent[u], sub_cent[s])
+            if d < best:
+                best = d
+                out[u] = c
+    return out
+
+
+def _split_single_group(out, clusters, groups, graph: _ConflictGraph, comp, x, next_id: int) -> int:
+    """SPEC §9 step 3 for clusters whose conflict graph is one CL group, all at once.
+
+    Each colour class is a sub-cluster; every free unit (an unconflicted ML group or an
+    unconstrained image) joins the nearest sub-cluster centroid of its own cluster. The
+    same result as :func:`_purify` (no matching is needed with one group), without a
+    Python loop over clusters.
+    """
+    chi = graph.n_colours[groups]
+    sub_base = np.r_[0, np.cumsum(chi)[:-1]]
+    slot = np.full(int(out.max()) + 1, -1, dtype=np.int64)
+    slot[clusters] = np.arange(clusters.size)
+    idx = np.flatnonzero((out >= 0) & (slot[np.maximum(out, 0)] >= 0))
+    k = slot[out[idx]]
+    node = graph.node_of[idx]
+    placed = node >= 0
+    sub = np.full(idx.size, -1, dtype=np.int64)
+    sub[placed] = sub_base[k[placed]] + graph.colour[node[placed]]
+    n_sub = int(chi.sum())
+    sub_cent = _centroids(x, idx[placed], sub[placed], n_sub)
+    free = np.flatnonzero(~placed)
+    if free.size:
+        units, unit_of = np.unique(comp[idx[free]], return_inverse=True)
+        unit_cent = _centroids(x, idx[free], unit_of, units.size)
+        unit_k = np.empty(units.size, dtype=np.int64)
+        unit_k[unit_of] = k[free]
+        base = sub_base[unit_k]
+        choice = _nearest_colour(unit_cent, sub_cent, (sub_cent * sub_cent).sum(axis=1), base, chi[unit_k])
+        sub[free] = (base + choice)[unit_of]
+    # Colour 0 keeps the cluster id; each further colour class becomes a new cluster.
+    colour_of = sub - sub_base[k]
+    split = colour_of > 0
+    new_id = np.full(n_sub, -1, dtype=np.int64)
+    extra = np.flatnonzero(np.arange(n_sub) - np.repeat(sub_base, chi) > 0)
+    new_id[extra] = next_id + np.arange(extra.size)
+    out[idx[split]] = new_id[sub[split]]
+    return next_id + extra.size
 
 
 def np3(labels, must_link, cannot_link, features) -> np.ndarray:
@@ -155,13 +286,26 @@ def np3(labels, must_link, cannot_link, features) -> np.ndarray:
     cl_in = cl[inside]
     if cl_in.shape[0] == 0:
         return out
-    order = np.argsort(out, kind="stable")
-    sorted_labels = out[order]
-    for c in np.unique(out[cl_in[:, 0]]):
-        lo, hi = np.searchsorted(sorted_labels, [c, c + 1])
-        members = order[lo:hi]
-        subs = _purify(members, comp, cl_in[out[cl_in[:, 0]] == c], x)
-        for s in subs[1:]:
-            out[s] = next_id
-            next_id += 1
+    # The conflict graph over all impure clusters at once: nodes are ML groups carrying an
+    # internal CL, edges the CLs; a CL group never spans two clusters.
+    nodes, edge_nodes = np.unique(comp[cl_in], return_inverse=True)
+    edges = edge_nodes.reshape(-1, 2)
+    group, colour, n_colours = _group_colourings(edges, nodes.size)
+    group_nodes = np.bincount(group, minlength=n_colours.size)
+    group_cluster = np.empty(n_colours.size, dtype=np.int64)
+    group_cluster[group[edges[:, 0]]] = out[cl_in[:, 0]]
+    pos = np.minimum(np.searchsorted(nodes, comp), nodes.size - 1)
+    node_of = np.where(nodes[pos] == comp, pos, -1)
+    by_cluster = np.argsort(group_cluster, kind="stable")
+    impure, starts = np.unique(group_cluster[by_cluster], return_index=True)
+    per_cluster = np.split(by_cluster, starts[1:])
+    graph = _ConflictGraph(node_of, group, colour, n_colours, group_nodes)
+    # Most impure clusters hold one CL group: those are split all at once; the rest (several
+    # groups to match by the Hungarian method) one by one.
+    single = np.array([g.size == 1 for g in per_cluster], dtype=bool)
+    if single.any():
+        next_id = _split_single_group(out, impure[single], by_cluster[starts[single]], graph, comp, x, next_id)
+    if (~single).any():
+        next_id = _split_each(out, impure[~single], [g for g, s in zip(per_cluster, single) if not s], graph,
+                              comp, x, next_id)
     return out

@@ -19,7 +19,7 @@ import numba
 import numpy as np
 import scipy.sparse as sp
 
-from aas_ray.checks import unit_features
+from aas_ray.checks import InputError, unit_features
 from aas_ray.cluster.knn import knn_search
 
 log = logging.getLogger(__name__)
@@ -77,69 +77,120 @@ def lookup_csr(m: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarr
     return out
 
 
-def _rank_matrix(rank: np.ndarray, width: int, n: int) -> sp.csr_matrix:
-    """Boolean CSR with row i = the first ``width`` neighbours of i."""
-    cols = rank[:, :width]
-    rows = np.repeat(np.arange(n, dtype=np.int64), cols.shape[1])
-    data = np.ones(rows.size, dtype=np.float32)
-    return sp.csr_matrix((data, (rows, cols.ravel())), shape=(n, n))
+@numba.njit(cache=True, nogil=True)
+def _reciprocal_rows(rank, k, a, b, sets, counts):
+    """R(i, k) of SpCL for rows a..b-1: j in the first k+1 ranks of i with i in the first
+    k+1 ranks of j (``k + 1`` capped at the table's width, as SpCL's k1-column rank)."""
+    w = min(k + 1, rank.shape[1])
+    for i in range(a, b):
+        m = 0
+        for s in range(w):
+            j = rank[i, s]
+            for t in range(w):
+                if rank[j, t] == i:
+                    sets[i, m] = j
+                    m += 1
+                    break
+        counts[i] = m
 
 
-def k_reciprocal_sets(rank: np.ndarray, k: int) -> sp.csr_matrix:
-    """R(i, k) of SpCL: j in the first k+1 ranks of i and i in the first k+1 ranks of j.
+@numba.njit(cache=True, nogil=True)
+def _expansion_rows(full, full_n, half, half_n, a, b, indptr, indices, fill):
+    """Rows a..b-1 of the support: R(i, k1) plus every candidate c's R(c, k1/2) that
+    overlaps R(i, k1) by more than 2/3 of its size (SpCL's expansion, one set per row).
 
-    ``rank`` holds the k1 FAISS neighbours, so as in SpCL ``k + 1`` is capped at its width.
+    With ``fill`` False only the row sizes are written (to ``indptr[i + 1]``); with True the
+    members go to ``indices[indptr[i]:]``.
     """
-    n = rank.shape[0]
-    forward = _rank_matrix(rank, min(k + 1, rank.shape[1]), n)
-    recip = forward.multiply(forward.T).tocsr()
-    recip.data[:] = 1.0
-    recip.eliminate_zeros()
-    return recip
+    n = full.shape[0]
+    in_full = np.full(n, -1, dtype=np.int64)
+    taken = np.full(n, -1, dtype=np.int64)
+    for i in range(a, b):
+        for s in range(full_n[i]):
+            in_full[full[i, s]] = i
+        k = indptr[i] if fill else 0
+        for s in range(full_n[i]):
+            j = full[i, s]
+            if taken[j] != i:
+                taken[j] = i
+                if fill:
+                    indices[k] = j
+                k += 1
+        for s in range(full_n[i]):
+            c = full[i, s]
+            overlap = 0
+            for t in range(half_n[c]):
+                if in_full[half[c, t]] == i:
+                    overlap += 1
+            if overlap > (2.0 / 3.0) * half_n[c]:
+                for t in range(half_n[c]):
+                    j = half[c, t]
+                    if taken[j] != i:
+                        taken[j] = i
+                        if fill:
+                            indices[k] = j
+                        k += 1
+        if not fill:
+            indptr[i + 1] = k
 
 
 def expanded_support(rank: np.ndarray, k1: int) -> sp.csr_matrix:
-    """Expansion of R(i, k1) by each candidate's R(c, round(k1/2)) overlapping it by > 2/3."""
-    r_full = k_reciprocal_sets(rank, k1)
-    r_half = k_reciprocal_sets(rank, int(np.around(k1 / 2)))
-    # overlap[i, c] = |R(i,k1) ∩ R(c,k1/2)|, kept only for candidates c in R(i, k1).
-    overlap = (r_full @ r_half.T).tocsr()
-    overlap = r_full.multiply(overlap).tocsr()
-    half_size = np.asarray(r_half.sum(axis=1)).ravel()
-    keep = overlap.data > (2.0 / 3.0) * half_size[overlap.indices]
-    overlap.data = keep.astype(np.float32)
-    overlap.eliminate_zeros()
-    support = r_full + overlap @ r_half
-    support = support.tocsr()
-    support.data[:] = 1.0
-    support.sort_indices()
-    return support
+    """SpCL's k-reciprocal support of every image: R(i, k1) expanded by each candidate's
+    R(c, round(k1/2)) overlapping it by > 2/3 (a boolean CSR matrix, rows unsorted)."""
+    rank = np.ascontiguousarray(rank, dtype=np.int64)
+    n, width = rank.shape
+    k_half = int(np.around(k1 / 2))
+    full = np.empty((n, min(k1 + 1, width)), dtype=np.int64)
+    half = np.empty((n, min(k_half + 1, width)), dtype=np.int64)
+    full_n, half_n = np.empty(n, np.int64), np.empty(n, np.int64)
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    bounds = np.linspace(0, n, 4 * _threads() + 1).astype(np.int64)
+    spans = list(zip(bounds[:-1], bounds[1:]))
+
+    def run(fn):
+        list(pool.map(lambda ab: fn(ab[0], ab[1]), spans))
+
+    with ThreadPoolExecutor(_threads()) as pool:
+        run(lambda a, b: _reciprocal_rows(rank, k1, a, b, full, full_n))
+        run(lambda a, b: _reciprocal_rows(rank, k_half, a, b, half, half_n))
+        # Two passes (sizes, then members) so the output is allocated exactly once.
+        run(lambda a, b: _expansion_rows(full, full_n, half, half_n, a, b, indptr, indptr, False))
+        np.cumsum(indptr, out=indptr)
+        indices = np.empty(int(indptr[-1]), dtype=np.int32)
+        run(lambda a, b: _expansion_rows(full, full_n, half, half_n, a, b, indptr, indices, True))
+    return sp.csr_matrix((np.ones(indices.size, dtype=np.float32), indices, indptr), shape=(n, n))
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def _support_dots_rows(x, indptr, indices, knn_idx, knn_sim, out, a, b):
+    """x_i . x_j for the support entries of rows a..b-1: FAISS's score when j is among i's
+    neighbours, otherwise computed in place (x_i stays in cache across its row)."""
+    d = x.shape[1]
+    for i in range(a, b):
+        for p in range(indptr[i], indptr[i + 1]):
+            j = indices[p]
+            found = False
+            for t in range(knn_idx.shape[1]):
+                if knn_idx[i, t] == j:
+                    out[p] = knn_sim[i, t]
+                    found = True
+                    break
+            if not found:
+                acc = np.float32(0.0)
+                for f in range(d):
+                    acc += x[i, f] * x[j, f]
+                out[p] = acc
 
 
 def _support_dots(x: np.ndarray, support: sp.csr_matrix, knn_idx: np.ndarray, knn_sim: np.ndarray) -> np.ndarray:
     """x_i . x_j for every stored (i, j) of ``support``; neighbours reuse FAISS's scores."""
     n = x.shape[0]
-    rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(support.indptr))
-    cols = support.indices.astype(np.int64)
-    known = sp.csr_matrix(
-        (knn_sim.ravel().astype(np.float32), (np.repeat(np.arange(n), knn_idx.shape[1]), knn_idx.ravel())),
-        shape=(n, n),
-    )
-    known.sum_duplicates()
-    known.sort_indices()
-    nn = np.int64(n)
-    kr = np.repeat(np.arange(n, dtype=np.int64), np.diff(known.indptr))
-    keys = kr * nn + known.indices
-    want = rows * nn + cols
-    pos = np.minimum(np.searchsorted(keys, want), keys.size - 1)
-    found = keys[pos] == want
-    dots = np.empty(want.size, dtype=np.float32)
-    dots[found] = known.data[pos[found]]
-    miss = np.flatnonzero(~found)
-    step = max(1, 8_000_000 // x.shape[1])
-    for s in range(0, miss.size, step):
-        m = miss[s : s + step]
-        dots[m] = np.einsum("ij,ij->i", x[rows[m]], x[cols[m]])
+    dots = np.empty(support.nnz, dtype=np.float32)
+    bounds = np.linspace(0, n, 4 * _threads() + 1).astype(np.int64)
+    args = (x, support.indptr.astype(np.int64), support.indices, np.ascontiguousarray(knn_idx, dtype=np.int64),
+            np.ascontiguousarray(knn_sim, dtype=np.float32), dots)
+    with ThreadPoolExecutor(_threads()) as pool:
+        list(pool.map(lambda k: _support_dots_rows(*args, bounds[k], bounds[k + 1]), range(bounds.size - 1)))
     return dots
 
 
@@ -159,11 +210,14 @@ def _threads() -> int:
 
 
 @numba.njit(cache=True, nogil=True)
-def _min_sum_rows(indptr, indices, data, cindptr, cindices, cdata, a, b, n, s_floor, cap):
-    """Rows a..b-1 of s = Σ_c min(V_ic, V_jc), kept where s >= s_floor, as sim = s / (2 - s).
+def _min_sum_upper(indptr, indices, data, cindptr, cindices, cdata, a, b, n, s_floor, cap):
+    """Rows a..b-1 of s = Σ_c min(V_ic, V_jc) for j > i only, kept where s >= s_floor,
+    as sim = s / (2 - s).
 
-    One dense accumulator with a visit mark per row (the SMMP pattern sparse matrix
-    products use): O(triples) work, no sorting of triples, nothing quadratic in n.
+    s is symmetric, so the lower triangle is the transpose of this one: each column list
+    of V is entered at the first row above i (a binary search), halving the work. One
+    dense accumulator with a visit mark per row (the SMMP pattern sparse matrix products
+    use): no sorting of triples, nothing quadratic in n.
     """
     acc = np.zeros(n, dtype=np.float32)
     mark = np.full(n, -1, dtype=np.int64)
@@ -177,7 +231,8 @@ def _min_sum_rows(indptr, indices, data, cindptr, cindices, cdata, a, b, n, s_fl
         for p in range(indptr[i], indptr[i + 1]):
             c = indices[p]
             vi = data[p]
-            for q in range(cindptr[c], cindptr[c + 1]):
+            lo = cindptr[c] + np.searchsorted(cindices[cindptr[c] : cindptr[c + 1]], i + 1)
+            for q in range(lo, cindptr[c + 1]):
                 j = cindices[q]
                 m = min(vi, cdata[q])
                 if mark[j] != i:
@@ -215,8 +270,8 @@ def jaccard_similarity(v: sp.csr_matrix, min_sim: float = 0.0) -> sp.csr_matrix:
     cum = np.cumsum(row_cost)
     # sim >= min_sim  <=>  s >= 2 min_sim / (1 + min_sim); a tiny slack keeps float ties in.
     s_floor = np.float32(2 * min_sim / (1 + min_sim) - 1e-7) if min_sim > 0 else np.float32(-1.0)
-    # Chunks of rows bounded by triples; the kernel releases the GIL, so chunks run on
-    # all cores through a thread pool.
+    # Chunks of rows bounded by (full-row) triples; the kernel releases the GIL, so chunks
+    # run on all cores through a thread pool.
     chunks, a = [], 0
     per_chunk = max(1, min(_MAX_TRIPLES, int(cum[-1]) // (4 * _threads()) + 1)) if n else 1
     while a < n:
@@ -225,10 +280,11 @@ def jaccard_similarity(v: sp.csr_matrix, min_sim: float = 0.0) -> sp.csr_matrix:
         b = min(max(b, a + 1), n)
         chunks.append((a, b, max(int(min(cum[b - 1] - base, (b - a) * n)), 1)))
         a = b
-    csr = (v.indptr.astype(np.int64), v.indices.astype(np.int64), v.data,
-           vc.indptr.astype(np.int64), vc.indices.astype(np.int64), vc.data)
+    # 32-bit indices: the kernel streams column lists, so narrower indices mean less memory traffic.
+    csr = (v.indptr.astype(np.int64), v.indices.astype(np.int32), v.data,
+           vc.indptr.astype(np.int64), vc.indices.astype(np.int32), vc.data)
     with ThreadPoolExecutor(_threads()) as pool:
-        parts = list(pool.map(lambda c: _min_sum_rows(*csr, c[0], c[1], n, s_floor, c[2]), chunks))
+        parts = list(pool.map(lambda c: _min_sum_upper(*csr, c[0], c[1], n, s_floor, c[2]), chunks))
     ptrs, idxs, vals, offset = [np.zeros(1, dtype=np.int64)], [], [], 0
     for ptr, idx, val in parts:
         ptrs.append(ptr[1:] + offset)
@@ -238,7 +294,49 @@ def jaccard_similarity(v: sp.csr_matrix, min_sim: float = 0.0) -> sp.csr_matrix:
     indptr = np.concatenate(ptrs)
     indices = np.concatenate(idxs) if idxs else np.empty(0, np.int32)
     data = np.concatenate(vals) if vals else np.empty(0, np.float32)
-    return sp.csr_matrix((data, indices, indptr), shape=(n, n))
+    upper = sp.csr_matrix((data, indices, indptr), shape=(n, n))
+    # The diagonal: s_ii = Σ_c V_ic (1 up to rounding); rows of V that are empty stay empty.
+    s_diag = np.asarray(v.sum(axis=1), dtype=np.float32).ravel()
+    diag = np.minimum(s_diag / (2.0 - s_diag), 1.0).astype(np.float32)
+    return _symmetric(upper, diag, has & (s_diag >= s_floor))
+
+
+@numba.njit(cache=True, nogil=True)
+def _interleave(indptr, l_ptr, l_idx, l_val, u_ptr, u_idx, u_val, diag, has_diag, indices, data):
+    for i in range(indptr.size - 1):
+        k = indptr[i]
+        for p in range(l_ptr[i], l_ptr[i + 1]):
+            indices[k] = l_idx[p]
+            data[k] = l_val[p]
+            k += 1
+        if has_diag[i]:
+            indices[k] = i
+            data[k] = diag[i]
+            k += 1
+        for p in range(u_ptr[i], u_ptr[i + 1]):
+            indices[k] = u_idx[p]
+            data[k] = u_val[p]
+            k += 1
+
+
+def _symmetric(upper: sp.csr_matrix, diag: np.ndarray, has_diag: np.ndarray) -> sp.csr_matrix:
+    """Full CSR from a strict upper triangle and a diagonal, indices sorted.
+
+    Row i of the result is (column i of ``upper``, ascending) + (i, i) + (row i of
+    ``upper``, ascending): already in order, so rows are laid out directly instead of
+    adding matrices and re-sorting.
+    """
+    n = upper.shape[0]
+    lower = upper.tocsc()  # column lists, rows ascending: the lower triangle's rows
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.diff(lower.indptr) + np.diff(upper.indptr) + has_diag, out=indptr[1:])
+    indices = np.empty(int(indptr[-1]), dtype=np.int32)
+    data = np.empty(indices.size, dtype=np.float32)
+    _interleave(indptr, lower.indptr.astype(np.int64), lower.indices, lower.data,
+                upper.indptr.astype(np.int64), upper.indices, upper.data, diag, has_diag, indices, data)
+    sim = sp.csr_matrix((data, indices, indptr), shape=(n, n))
+    sim.has_sorted_indices = True
+    return sim
 
 
 def jaccard_graph(
@@ -264,6 +362,9 @@ def jaccard_graph(
     else:
         knn_sim, knn_idx = knn
     rank = knn_idx[:, : min(k1, n)]
+    if rank.shape[0] != n or (rank < 0).any() or (rank >= n).any():
+        raise InputError(f"kNN table must hold {n} rows of neighbour indices in [0, {n}); FAISS pads with -1 "
+                         "when it finds fewer than k neighbours")
     support = expanded_support(rank, k1)
     dots = _support_dots(x, support, knn_idx, knn_sim)
     # softmax(-||x_i - x_j||^2) = softmax(2 x_i.x_j - 2): the constant cancels.
@@ -275,7 +376,7 @@ def jaccard_graph(
             shape=(n, n),
         )
         v = (q @ v).tocsr()
-    v.sort_indices()
+    # Row order inside V does not matter to the min-sum kernel; its CSC copy is ordered.
     s = jaccard_similarity(v, min_sim)
     log.debug("jaccard: n=%d support nnz=%d V nnz=%d sim nnz=%d", n, support.nnz, v.nnz, s.nnz)
     return JaccardGraph(sim=s, knn_idx=knn_idx, knn_sim=knn_sim)

@@ -36,10 +36,13 @@ def dbscan_view(graph: JaccardGraph, eps: float = 0.6, min_samples: int = 4) -> 
     # Only pairs within eps can be neighbours: dropping the rest first is exact and keeps
     # sklearn's neighbourhood lists short.
     keep = d.data <= eps
-    if not keep.all():
-        rows = np.repeat(np.arange(d.shape[0]), np.diff(d.indptr))
-        indptr = np.r_[0, np.cumsum(np.bincount(rows[keep], minlength=d.shape[0]))]
-        d = sp.csr_matrix((d.data[keep], d.indices[keep], indptr), shape=d.shape)
+    rows = np.repeat(np.arange(d.shape[0]), np.diff(d.indptr))[keep]
+    indptr = np.r_[0, np.cumsum(np.bincount(rows, minlength=d.shape[0]))]
+    data, indices = d.data[keep], d.indices[keep]
+    # sklearn wants each row ordered by distance and otherwise sorts row by row in Python;
+    # one vectorised sort here does it for all rows.
+    order = np.lexsort((data, rows))
+    d = sp.csr_matrix((data[order], indices[order], indptr), shape=d.shape)
     return DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed", n_jobs=1).fit_predict(d)
 
 
