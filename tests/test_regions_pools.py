@@ -142,3 +142,46 @@ def test_os_pool_respects_kmax_and_smin():
     assert np.unique(pairs, axis=0).shape[0] == pairs.shape[0]
     all_pairs, _ = over_segmentation_pool(x, medoids, 2, 0.0, cos)
     assert pairs.shape[0] <= all_pairs.shape[0]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 6), st.integers(0, 8), st.booleans()), min_size=1, max_size=40))
+def test_cooccurring_cluster_pairs_match_a_direct_listing(rows):
+    from aas_ray.al.pools import _cooccurring_cluster_pairs
+
+    own = np.array([r[1] for r in rows])
+    other = np.array([r[0] for r in rows])
+    noise = np.array([r[2] for r in rows])
+    expected = {
+        (min(own[i], own[j]), max(own[i], own[j]))
+        for i in range(len(rows)) for j in range(len(rows))
+        if own[i] != own[j] and other[i] == other[j] and not noise[i] and not noise[j]
+    }
+    got = _cooccurring_cluster_pairs(own, other, noise)
+    assert {tuple(p) for p in got.tolist()} == expected
+    assert got.shape[0] == len(expected)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 10_000))
+def test_closest_pair_compiled_and_blas_paths_agree(seed):
+    # Eq. 2 has two implementations (small blocks compiled, large blocks BLAS): same
+    # closest pair, up to float ties.
+    from aas_ray.al.pools import _closest_blas, _closest_small, _Groups
+
+    rng = np.random.default_rng(seed)
+    n, k = 120, 9
+    x = rng.normal(size=(n, 16)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    labels = rng.integers(0, k, n)
+    groups = _Groups.of(labels, k)
+    pairs = np.array([(p, q) for p in range(k) for q in range(p + 1, k)
+                      if groups.size(p) and groups.size(q)], dtype=np.int64)
+    small = np.empty_like(pairs)
+    _closest_small(x, groups.order, groups.start, pairs, small)
+    blas = _closest_blas(x, groups, pairs)
+    assert (labels[small[:, 0]] == pairs[:, 0]).all() and (labels[small[:, 1]] == pairs[:, 1]).all()
+    dots = lambda pr: np.einsum("ij,ij->i", x[pr[:, 0]], x[pr[:, 1]])
+    np.testing.assert_allclose(dots(small), dots(blas), atol=1e-5)
+    brute = [max(x[u] @ x[v] for u in np.flatnonzero(labels == p) for v in np.flatnonzero(labels == q)) for p, q in pairs]
+    np.testing.assert_allclose(dots(small), brute, atol=1e-5)

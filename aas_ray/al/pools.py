@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 from aas_ray.al.regions import dense_ids, group_sum, singletons_to_clusters
@@ -15,6 +16,8 @@ PAIR_TYPES = ("inlier-inlier", "inlier-outlier", "outlier-outlier")
 
 # Entries of one similarity block (|p| x Σ|q|) computed at once in the closest-pair search.
 _BLOCK = 4_000_000
+# Cluster pairs with |p| x |q| up to this go through the compiled loop rather than BLAS.
+_SMALL_PAIR = 4096
 
 SimFn = Callable[[np.ndarray], np.ndarray]
 
@@ -86,9 +89,48 @@ class _Groups:
         return self.start[np.asarray(c) + 1] - self.start[np.asarray(c)]
 
 
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def _closest_small(x, order, start, cluster_pairs, out):
+    """Eq. 2 for small cluster pairs, one pair at a time without forming the |p| x |q| block.
+
+    Ties go to the first v of q, then the first u of p (member order), as in the BLAS path.
+    """
+    for k in range(cluster_pairs.shape[0]):
+        p, q = cluster_pairs[k, 0], cluster_pairs[k, 1]
+        best = -np.inf
+        for vi in range(start[q], start[q + 1]):
+            v = order[vi]
+            for ui in range(start[p], start[p + 1]):
+                u = order[ui]
+                dot = np.float32(0.0)
+                for f in range(x.shape[1]):
+                    dot += x[u, f] * x[v, f]
+                if dot > best:
+                    best = dot
+                    out[k, 0] = u
+                    out[k, 1] = v
+
+
 def closest_cross_pairs(x: np.ndarray, labels: np.ndarray, n_clusters: int, cluster_pairs: np.ndarray) -> np.ndarray:
-    """Eq. 2: for each (p, q) of ``cluster_pairs``, the closest (u in p, v in q) in feature space."""
+    """Eq. 2: for each (p, q) of ``cluster_pairs``, the closest (u in p, v in q) in feature space.
+
+    Small pairs (most of them) go through a compiled loop; pairs with a large block
+    through BLAS, |p| x Σ|q| similarities at a time.
+    """
     groups = _Groups.of(labels, n_clusters)
+    out = np.empty((cluster_pairs.shape[0], 2), dtype=np.int64)
+    small = groups.size(cluster_pairs[:, 0]) * groups.size(cluster_pairs[:, 1]) <= _SMALL_PAIR
+    if small.any():
+        part = np.empty((int(small.sum()), 2), dtype=np.int64)
+        _closest_small(x, groups.order, groups.start, np.ascontiguousarray(cluster_pairs[small]), part)
+        out[small] = part
+    if not small.all():
+        out[~small] = _closest_blas(x, groups, cluster_pairs[~small])
+    return out
+
+
+def _closest_blas(x: np.ndarray, groups: "_Groups", cluster_pairs: np.ndarray) -> np.ndarray:
+    """Eq. 2 for large cluster pairs: all pairs sharing p in |p| x Σ|q| BLAS blocks."""
     out = np.empty((cluster_pairs.shape[0], 2), dtype=np.int64)
     order = np.lexsort((cluster_pairs[:, 1], cluster_pairs[:, 0]))
     cp = cluster_pairs[order]
@@ -131,17 +173,18 @@ def _cooccurring_cluster_pairs(own: np.ndarray, other: np.ndarray, other_is_nois
     combo = np.unique(np.stack([other[keep], own[keep]], axis=1), axis=0)
     if combo.shape[0] == 0:
         return np.empty((0, 2), dtype=np.int64)
-    bounds = np.flatnonzero(np.r_[True, combo[1:, 0] != combo[:-1, 0], True])
-    chunks = []
-    for s, e in zip(bounds[:-1], bounds[1:]):
-        if e - s < 2:
-            continue
-        c = combo[s:e, 1]
-        iu, ju = np.triu_indices(c.size, k=1)
-        chunks.append(np.stack([c[iu], c[ju]], axis=1))
-    if not chunks:
+    # All pairs within each run of equal ``other`` ids, without a loop over clusters: the
+    # element at local position a of a run of size s pairs with the s - 1 - a after it.
+    start = np.flatnonzero(np.r_[True, combo[1:, 0] != combo[:-1, 0]])
+    size = np.diff(np.r_[start, combo.shape[0]])
+    local = np.arange(combo.shape[0]) - np.repeat(start, size)
+    later = np.repeat(size, size) - 1 - local
+    first = np.repeat(np.arange(combo.shape[0]), later)
+    step = np.arange(first.size) - np.repeat(np.cumsum(later) - later, later)
+    if first.size == 0:
         return np.empty((0, 2), dtype=np.int64)
-    return np.unique(np.concatenate(chunks), axis=0)
+    c = combo[:, 1]
+    return np.unique(np.stack([c[first], c[first + 1 + step]], axis=1), axis=0)
 
 
 def disagreement_counts(labels_a: np.ndarray, labels_b: np.ndarray, region_id: np.ndarray, n_regions: int) -> np.ndarray:

@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 # Rows are processed in chunks of at most this many (row, support, column-support) triples,
 # which bounds the output buffers of one chunk (8 bytes per triple) to ~400 MB.
 _MAX_TRIPLES = 50_000_000
+# A row keeping more than n / _SCAN_FACTOR pairs is emitted by scanning all n marks in
+# order (O(n)) instead of sorting what it keeps (O(t log t)); ~log2 t is the break-even.
+_SCAN_FACTOR = 16
 
 
 @dataclass
@@ -210,18 +213,17 @@ def _threads() -> int:
 
 
 @numba.njit(cache=True, nogil=True)
-def _min_sum_upper(indptr, indices, data, cindptr, cindices, cdata, a, b, n, s_floor, cap):
-    """Rows a..b-1 of s = Σ_c min(V_ic, V_jc) for j > i only, kept where s >= s_floor,
-    as sim = s / (2 - s).
+def _min_sum_rows(indptr, indices, data, cindptr, cindices, cdata, a, b, n, s_floor, cap, upper_only, scan_factor):
+    """Rows a..b-1 of s = Σ_c min(V_ic, V_jc), kept where s >= s_floor, as sim = s / (2 - s).
 
-    s is symmetric, so the lower triangle is the transpose of this one: each column list
-    of V is entered at the first row above i (a binary search), halving the work. One
-    dense accumulator with a visit mark per row (the SMMP pattern sparse matrix products
-    use): no sorting of triples, nothing quadratic in n.
+    With ``upper_only`` only j > i is computed: s is symmetric, so each column list of V is
+    entered at the first row above i (a binary search), halving the work, and the lower
+    triangle is its transpose. One dense accumulator with a visit mark per row (the SMMP
+    pattern sparse matrix products use): no sorting of triples, nothing quadratic in n.
     """
     acc = np.zeros(n, dtype=np.float32)
     mark = np.full(n, -1, dtype=np.int64)
-    touched = np.empty(n, dtype=np.int64)
+    touched = np.empty(n, dtype=np.int32)  # 32-bit: the per-row sort below is the kernel's largest cost
     out_ptr = np.zeros(b - a + 1, dtype=np.int64)
     out_idx = np.empty(cap, dtype=np.int32)
     out_val = np.empty(cap, dtype=np.float32)
@@ -231,7 +233,7 @@ def _min_sum_upper(indptr, indices, data, cindptr, cindices, cdata, a, b, n, s_f
         for p in range(indptr[i], indptr[i + 1]):
             c = indices[p]
             vi = data[p]
-            lo = cindptr[c] + np.searchsorted(cindices[cindptr[c] : cindptr[c + 1]], i + 1)
+            lo = cindptr[c] + np.searchsorted(cindices[cindptr[c] : cindptr[c + 1]], i + 1) if upper_only else cindptr[c]
             for q in range(lo, cindptr[c + 1]):
                 j = cindices[q]
                 m = min(vi, cdata[q])
@@ -241,17 +243,26 @@ def _min_sum_upper(indptr, indices, data, cindptr, cindices, cdata, a, b, n, s_f
                     touched[nt] = j
                     nt += 1
                 acc[j] += m
-        # Keep first, sort after: with a floor most touched pairs are dropped unsorted.
+        # Keep first: with a floor most touched pairs are dropped before any ordering.
         kept = 0
         for t in range(nt):
             if acc[touched[t]] >= s_floor:
                 touched[kept] = touched[t]
                 kept += 1
-        for j in np.sort(touched[:kept]):
-            sj = acc[j]
-            out_idx[k] = j
-            out_val[k] = min(sj / (2.0 - sj), 1.0)
-            k += 1
+        if kept * scan_factor > n:
+            # A dense row (no floor, small n): one ordered scan of the marks beats a sort.
+            for j in range(i + 1 if upper_only else 0, n):
+                if mark[j] == i and acc[j] >= s_floor:
+                    sj = acc[j]
+                    out_idx[k] = j
+                    out_val[k] = min(sj / (2.0 - sj), 1.0)
+                    k += 1
+        else:
+            for j in np.sort(touched[:kept]):
+                sj = acc[j]
+                out_idx[k] = j
+                out_val[k] = min(sj / (2.0 - sj), 1.0)
+                k += 1
         out_ptr[i - a + 1] = k
     return out_ptr, out_idx[:k], out_val[:k]
 
@@ -283,8 +294,13 @@ def jaccard_similarity(v: sp.csr_matrix, min_sim: float = 0.0) -> sp.csr_matrix:
     # 32-bit indices: the kernel streams column lists, so narrower indices mean less memory traffic.
     csr = (v.indptr.astype(np.int64), v.indices.astype(np.int32), v.data,
            vc.indptr.astype(np.int64), vc.indices.astype(np.int32), vc.data)
+    # Upper triangle + transpose halves the kernel but costs a pass over the output: a win
+    # when a similarity floor drops most touched pairs (the default keeps ~7 %), a loss when
+    # every overlapping pair is kept (min_sim = 0: ~3600 per row at n = 20k).
+    upper_only = min_sim > 0
     with ThreadPoolExecutor(_threads()) as pool:
-        parts = list(pool.map(lambda c: _min_sum_upper(*csr, c[0], c[1], n, s_floor, c[2]), chunks))
+        parts = list(pool.map(
+            lambda c: _min_sum_rows(*csr, c[0], c[1], n, s_floor, c[2], upper_only, _SCAN_FACTOR), chunks))
     ptrs, idxs, vals, offset = [np.zeros(1, dtype=np.int64)], [], [], 0
     for ptr, idx, val in parts:
         ptrs.append(ptr[1:] + offset)
@@ -294,6 +310,10 @@ def jaccard_similarity(v: sp.csr_matrix, min_sim: float = 0.0) -> sp.csr_matrix:
     indptr = np.concatenate(ptrs)
     indices = np.concatenate(idxs) if idxs else np.empty(0, np.int32)
     data = np.concatenate(vals) if vals else np.empty(0, np.float32)
+    if not upper_only:
+        sim = sp.csr_matrix((data, indices, indptr), shape=(n, n))
+        sim.has_sorted_indices = True
+        return sim
     upper = sp.csr_matrix((data, indices, indptr), shape=(n, n))
     # The diagonal: s_ii = Σ_c V_ic (1 up to rounding); rows of V that are empty stay empty.
     s_diag = np.asarray(v.sum(axis=1), dtype=np.float32).ravel()
