@@ -98,6 +98,19 @@ def _reciprocal_rows(rank, k, a, b, sets, counts):
 
 
 @numba.njit(cache=True, nogil=True)
+def _union_into(members, m, taken, i, indices, k, fill):
+    """Add the first m ``members`` not yet taken for row i; returns the next write slot."""
+    for t in range(m):
+        j = members[t]
+        if taken[j] != i:
+            taken[j] = i
+            if fill:
+                indices[k] = j
+            k += 1
+    return k
+
+
+@numba.njit(cache=True, nogil=True)
 def _expansion_rows(full, full_n, half, half_n, a, b, indptr, indices, fill):
     """Rows a..b-1 of the support: R(i, k1) plus every candidate c's R(c, k1/2) that
     overlaps R(i, k1) by more than 2/3 of its size (SpCL's expansion, one set per row).
@@ -111,14 +124,7 @@ def _expansion_rows(full, full_n, half, half_n, a, b, indptr, indices, fill):
     for i in range(a, b):
         for s in range(full_n[i]):
             in_full[full[i, s]] = i
-        k = indptr[i] if fill else 0
-        for s in range(full_n[i]):
-            j = full[i, s]
-            if taken[j] != i:
-                taken[j] = i
-                if fill:
-                    indices[k] = j
-                k += 1
+        k = _union_into(full[i], full_n[i], taken, i, indices, indptr[i] if fill else 0, fill)
         for s in range(full_n[i]):
             c = full[i, s]
             overlap = 0
@@ -126,13 +132,7 @@ def _expansion_rows(full, full_n, half, half_n, a, b, indptr, indices, fill):
                 if in_full[half[c, t]] == i:
                     overlap += 1
             if overlap > (2.0 / 3.0) * half_n[c]:
-                for t in range(half_n[c]):
-                    j = half[c, t]
-                    if taken[j] != i:
-                        taken[j] = i
-                        if fill:
-                            indices[k] = j
-                        k += 1
+                k = _union_into(half[c], half_n[c], taken, i, indices, k, fill)
         if not fill:
             indptr[i + 1] = k
 
