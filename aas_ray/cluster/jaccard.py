@@ -236,23 +236,26 @@ def _min_sum_rows(indptr, indices, data, cindptr, cindices, cdata, a, b, n, s_fl
             lo = cindptr[c] + np.searchsorted(cindices[cindptr[c] : cindptr[c + 1]], i + 1) if upper_only else cindptr[c]
             for q in range(lo, cindptr[c + 1]):
                 j = cindices[q]
-                m = min(vi, cdata[q])
-                if mark[j] != i:
-                    mark[j] = i
-                    acc[j] = 0.0
-                    touched[nt] = j
-                    nt += 1
-                acc[j] += m
-        # Keep first: with a floor most touched pairs are dropped before any ordering.
+                # Branch-free (about half the triples touch a new column); the accumulator
+                # is all zeros at the start of a row, so a first touch needs no reset.
+                touched[nt] = j
+                nt += mark[j] != i
+                mark[j] = i
+                acc[j] += min(vi, cdata[q])
+        # Keep first, order after: with a floor most touched pairs are dropped (and their
+        # accumulators cleared) before any ordering.
         kept = 0
         for t in range(nt):
-            if acc[touched[t]] >= s_floor:
-                touched[kept] = touched[t]
+            j = touched[t]
+            if acc[j] >= s_floor:
+                touched[kept] = j
                 kept += 1
+            else:
+                acc[j] = 0.0
         if kept * scan_factor > n:
             # A dense row (no floor, small n): one ordered scan of the marks beats a sort.
             for j in range(i + 1 if upper_only else 0, n):
-                if mark[j] == i and acc[j] >= s_floor:
+                if mark[j] == i and acc[j] >= s_floor:  # dropped pairs were cleared to 0 < floor
                     sj = acc[j]
                     out_idx[k] = j
                     out_val[k] = min(sj / (2.0 - sj), 1.0)
@@ -263,6 +266,8 @@ def _min_sum_rows(indptr, indices, data, cindptr, cindices, cdata, a, b, n, s_fl
                 out_idx[k] = j
                 out_val[k] = min(sj / (2.0 - sj), 1.0)
                 k += 1
+        for t in range(kept):
+            acc[touched[t]] = 0.0
         out_ptr[i - a + 1] = k
     return out_ptr, out_idx[:k], out_val[:k]
 
