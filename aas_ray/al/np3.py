@@ -105,20 +105,35 @@ def _unit_centroids(x: np.ndarray, unit_of: np.ndarray, n_units: int) -> np.ndar
     return (ind @ x) / ind.sum(axis=1, keepdims=True)
 
 
-def _purify(members, member_node, groups, group, colour, n_colours, group_nodes, member_comp, x) -> list[np.ndarray]:
+@dataclass
+class _ConflictGraph:
+    """The conflict graph of all impure clusters: each image's node (-1: none), each node's
+    CL group and colour, and per group its colour count and node count."""
+
+    node_of: np.ndarray
+    group: np.ndarray
+    colour: np.ndarray
+    n_colours: np.ndarray
+    group_nodes: np.ndarray
+
+
+def _purify(members: np.ndarray, groups: np.ndarray, graph: _ConflictGraph, member_comp: np.ndarray,
+            x: np.ndarray) -> list[np.ndarray]:
     """Split one impure cluster into sub-clusters satisfying its internal CLs (SPEC §9 step 3).
 
-    ``member_node``: each member's conflict-graph node (its ML group), -1 when it carries
-    no internal CL; ``groups``: this cluster's CL groups; ``group_nodes``: ML groups per CL group. Returns the member indices of
-    each sub-cluster; ML groups are never split. Only the cluster's own rows are touched.
+    ``groups``: this cluster's CL groups in ``graph``; ``member_comp``: each member's ML
+    group. Returns the member indices of each sub-cluster; ML groups are never split.
+    Only the cluster's own rows are touched.
     """
     xm = x[members]
+    member_node = graph.node_of[members]
     placed = member_node >= 0
-    member_group = np.where(placed, group[np.maximum(member_node, 0)], -1)
-    member_colour = colour[np.maximum(member_node, 0)]
+    member_group = np.where(placed, graph.group[np.maximum(member_node, 0)], -1)
+    member_colour = graph.colour[np.maximum(member_node, 0)]
+    n_colours = graph.n_colours
     # The CL group of highest chromatic number fixes the sub-clusters; larger groups first
     # among the rest so that the sub-cluster centroids settle on the most evidence.
-    groups = groups[np.lexsort((groups, -group_nodes[groups], -n_colours[groups]))]
+    groups = groups[np.lexsort((groups, -graph.group_nodes[groups], -n_colours[groups]))]
 
     def classes(gi: int) -> list[np.ndarray]:
         here = member_group == gi
@@ -153,18 +168,6 @@ def _purify(members, member_node, groups, group, colour, n_colours, group_nodes,
     return [members[s] for s in subclusters]
 
 
-@dataclass
-class _ConflictGraph:
-    """The conflict graph of all impure clusters: each image's node (-1: none), each node's
-    CL group and colour, and per group its colour count and node count."""
-
-    node_of: np.ndarray
-    group: np.ndarray
-    colour: np.ndarray
-    n_colours: np.ndarray
-    group_nodes: np.ndarray
-
-
 def _split_each(out, clusters, groups_of, graph: _ConflictGraph, comp, x, next_id: int) -> int:
     """SPEC §9 step 3 cluster by cluster (:func:`_purify`); colour 0 keeps the cluster id."""
     order = np.argsort(out, kind="stable")
@@ -172,8 +175,7 @@ def _split_each(out, clusters, groups_of, graph: _ConflictGraph, comp, x, next_i
     for c, groups in zip(clusters, groups_of):
         lo, hi = np.searchsorted(sorted_labels, [c, c + 1])
         members = order[lo:hi]
-        subs = _purify(members, graph.node_of[members], groups, graph.group, graph.colour, graph.n_colours,
-                       graph.group_nodes, comp[members], x)
+        subs = _purify(members, groups, graph, comp[members], x)
         for s in subs[1:]:
             out[s] = next_id
             next_id += 1
