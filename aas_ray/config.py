@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -26,12 +26,15 @@ class _Strict(BaseModel):
 class SyntheticConfig(_Strict):
     """The embedded default dataset: procedurally generated individual animals."""
 
-    identities: int = Field(48, ge=2)
-    families: int = Field(12, ge=1, description="look-alike groups sharing a base coat")
+    identities: int = Field(100, ge=2)
+    families: int = Field(25, ge=1, description="look-alike groups sharing a base coat")
     min_images: int = Field(4, ge=2)
     max_images: int = Field(30, ge=2)
     tail: float = Field(1.3, gt=0, description="Pareto shape of images per identity (long tail)")
     image_size: int = Field(112, ge=32)
+    clutter: float = Field(
+        0.3, ge=0.0, le=1.0,
+        description="scene nuisance: background colour spread, clutter and occluders (1 = the hard v2 set)")
     seed: int = 0
 
 
@@ -63,15 +66,25 @@ class ClusterConfig(_Strict):
     jaccard_min_sim: float = Field(
         0.01, ge=0.0, lt=1.0, description="drop Jaccard pairs below this sim (0 = keep all, as SpCL)"
     )
-    eps: float = Field(0.6, gt=0.0, lt=1.0, description="DBSCAN radius on d_J")
+    eps: float | Literal["auto"] = Field(
+        0.6, description="DBSCAN radius on d_J, in (0, 1); 'auto' = the radius giving the most clusters")
     eps_gap: float = Field(0.02, ge=0.0, description="self-paced criterion: DBSCAN at eps ± gap")
     min_samples: int = Field(4, ge=1)
     finch_partition: Literal["auto"] | int = "auto"
     finch_ann_threshold: int = Field(5000, ge=2)
     similarity: Literal["jaccard", "cosine"] = "jaccard"
 
+    @field_validator("eps")
+    @classmethod
+    def _eps_range(cls, v):
+        if v != "auto" and not 0.0 < v < 1.0:
+            raise ValueError("must be in (0, 1) for a Jaccard distance, or 'auto'")
+        return v
 
-Strategy = Literal["none", "random", "aas"]
+
+# ``supervised`` is the skyline: the ground-truth identities of the training images as labels.
+Strategy = Literal["none", "random", "aas", "supervised"]
+DEFAULT_BUDGET_FRACTION = 0.0002
 
 
 class ALConfig(_Strict):
@@ -82,15 +95,34 @@ class ALConfig(_Strict):
     k_max: int = Field(5, ge=1)
     s_min: float = Field(0.3, ge=0.0, le=1.0)
     pi: tuple[float, float, float] | None = Field(None, description="type prior (β1, β2, β3); None = uniform")
-    budget_fraction: float = Field(0.0002, ge=0.0, le=1.0, description="pairs per cycle / all pairs")
+    budget_fraction: float | None = Field(
+        None, ge=0.0, le=1.0, description=f"pairs per cycle / all pairs (default {DEFAULT_BUDGET_FRACTION})")
+    budget_pairs: int | None = Field(None, ge=0, description="pairs per cycle, instead of budget_fraction")
     cycles: int = Field(5, ge=0)
     every: int = Field(10, ge=1, description="epochs between AL cycles")
     oracle: Literal["simulated", "human"] = "simulated"
     oracle_noise: float = Field(0.0, ge=0.0, le=1.0)
 
+    @model_validator(mode="after")
+    def _one_budget(self):
+        if self.budget_fraction is not None and self.budget_pairs is not None:
+            raise ValueError(
+                f"set only one of budget_fraction ({self.budget_fraction}) and budget_pairs ({self.budget_pairs}); "
+                "to switch on top of a file that sets the other, also set it to null "
+                "(e.g. --set al.budget_fraction=null)")
+        return self
+
     @property
     def strategies(self) -> list[str]:
         return list(self.strategy) if isinstance(self.strategy, list) else [self.strategy]
+
+    def cycle_budget(self, n: int) -> int:
+        """Pairs one AL cycle may ask of ``n`` images (SPEC §7)."""
+        from aas_ray.al.sampling import cycle_budget
+
+        if self.budget_pairs is not None:
+            return int(self.budget_pairs)
+        return cycle_budget(n, DEFAULT_BUDGET_FRACTION if self.budget_fraction is None else self.budget_fraction)
 
 
 class TrainConfig(_Strict):

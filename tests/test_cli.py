@@ -19,7 +19,9 @@ def tiny_sets(tmp_path):
 def test_datasets_lists_registry(tmp_path, capsys):
     assert main(["datasets", "--cache-dir", str(tmp_path), "--json"]) == 0
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
-    assert rows["synthetic"]["present"] is True and rows["synthetic"]["identities"] == 48
+    from aas_ray.config import SyntheticConfig
+
+    assert rows["synthetic"]["present"] is True and rows["synthetic"]["identities"] == SyntheticConfig().identities
     assert rows["ZakynthosTurtles"]["present"] is False
     assert "LionData" in rows and "folder" in rows
 

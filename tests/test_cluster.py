@@ -3,7 +3,7 @@ MLflow tracking server (sqlite backend) on a free loopback port, a tiny Tune stu
 submitted through the Ray Jobs API, and its results read back from the server."""
 
 import os
-import shutil
+import secrets
 import socket
 import subprocess
 import sys
@@ -55,8 +55,18 @@ def mlflow_server(tmp_path):
 
 
 @pytest.fixture
-def ray_cluster(tmp_path):
-    env = dict(os.environ, RAY_AUTH_MODE="token")
+def ray_env(tmp_path):
+    """Token auth as a fresh machine has it: no ~/.ray/auth_token, a token made for this cluster
+    and handed to the head, the job client and `ray stop` alike."""
+    token = tmp_path / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_TOKEN", "RAY_ADDRESS")}
+    return dict(env, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
+
+
+@pytest.fixture
+def ray_cluster(tmp_path, ray_env):
+    env = ray_env
     gcs, dash = free_port(), free_port()
     subprocess.run([str(BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(gcs),
                     "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--num-cpus", "2",
@@ -68,7 +78,7 @@ def ray_cluster(tmp_path):
         subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True)
 
 
-def test_study_through_ray_jobs_logged_to_mlflow_server(tmp_path, ray_cluster, mlflow_server):
+def test_study_through_ray_jobs_logged_to_mlflow_server(tmp_path, ray_env, ray_cluster, mlflow_server):
     from mlflow.tracking import MlflowClient
 
     study = {
@@ -82,7 +92,7 @@ def test_study_through_ray_jobs_logged_to_mlflow_server(tmp_path, ray_cluster, m
     }
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(study))
-    env = dict(os.environ, RAY_AUTH_MODE="token", AAS_RAY_JOB_PYTHON="self")
+    env = dict(ray_env, AAS_RAY_JOB_PYTHON="self")
     # The CLI a user runs: submit, stream the logs until the job ends.
     proc = subprocess.run([sys.executable, str(REPO / "jobs" / "submit.py"), "submit", str(path), "--address",
                            ray_cluster, "--tracking-uri", mlflow_server, "--follow"], env=env, capture_output=True,

@@ -207,6 +207,13 @@ class ConstraintStore:
         """Mask of pairs still worth asking: never asked and not implied (SPEC §6)."""
         return ~self.asked(pairs) & (self.implied(pairs) < 0)
 
+    def ml_closure_labels(self) -> np.ndarray:
+        """The must-link closure as a clustering: one id per ML component of two or more
+        images, -1 for images no must-link touches."""
+        r = self.roots()
+        sizes = np.bincount(r, minlength=self.n)
+        return np.where(sizes[r] > 1, r, -1)
+
     def must_links(self) -> np.ndarray:
         """Applied ML answers as an (m, 2) array."""
         return np.array(sorted(self._ml_answers), dtype=np.int64).reshape(-1, 2)

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 _TEX = 160  # coat texture resolution (pixels)
 PATTERNS = ("stripes", "spots", "rosettes")
 
@@ -100,12 +100,14 @@ def render_coat(coat: Coat) -> np.ndarray:
     return np.clip(tex, 0, 255).astype(np.uint8)
 
 
-def _background(size: int, rng: np.random.Generator) -> Image.Image:
-    colour = rng.uniform(40, 200, 3) * np.array([0.8, 1.0, 0.7])
+def _background(size: int, rng: np.random.Generator, clutter: float = 1.0) -> Image.Image:
+    # ``clutter`` scales how far the scene's colour strays from a mid grey-green and how many
+    # objects litter it; ImageNet features key on exactly these, not on the coat.
+    colour = (120 + clutter * rng.uniform(-80, 80, 3)) * np.array([0.8, 1.0, 0.7])
     noise = rng.normal(0, 18, (size // 4, size // 4, 3))
     bg = Image.fromarray(np.clip(colour + noise, 0, 255).astype(np.uint8)).resize((size, size), Image.BILINEAR)
     draw = ImageDraw.Draw(bg)
-    for _ in range(int(rng.integers(4, 12))):  # clutter: grass blades, stones, leaves
+    for _ in range(int(rng.integers(4, 12) * clutter)):  # clutter: grass blades, stones, leaves
         c = tuple(int(v) for v in np.clip(colour * rng.uniform(0.5, 1.5, 3), 0, 255))
         x0, y0 = rng.uniform(0, size, 2)
         if rng.random() < 0.5:
@@ -117,10 +119,10 @@ def _background(size: int, rng: np.random.Generator) -> Image.Image:
     return bg
 
 
-def render_image(texture: np.ndarray, size: int, rng: np.random.Generator) -> Image.Image:
+def render_image(texture: np.ndarray, size: int, rng: np.random.Generator, clutter: float = 1.0) -> Image.Image:
     """One photograph of an individual: viewpoint, scale, crop, light, clutter, blur, occlusion."""
     canvas = 2 * size
-    img = _background(canvas, rng)
+    img = _background(canvas, rng, clutter)
     # The coat is tiled 3 x 3 so that any viewpoint lands on fur, never off the texture.
     tex = Image.fromarray(np.tile(texture, (3, 3, 1)))
     # Viewpoint: a random affine map from canvas to texture coordinates (rotation, scale, shear).
@@ -147,7 +149,7 @@ def render_image(texture: np.ndarray, size: int, rng: np.random.Generator) -> Im
     if rng.random() < 0.7:
         img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.2, 1.6)))
     draw = ImageDraw.Draw(img)
-    for _ in range(int(rng.integers(0, 3))):  # occluders: branches or posts in front of the animal
+    for _ in range(int(rng.integers(0, 3) * clutter)):  # occluders: branches or posts in front of the animal
         c = tuple(int(v) for v in rng.uniform(20, 110, 3))
         if rng.random() < 0.5:
             x = rng.uniform(0, size)
@@ -185,7 +187,7 @@ def generate(cfg, out_dir: Path, progress: bool = True) -> pd.DataFrame:
         (out_dir / "images" / name).mkdir(parents=True, exist_ok=True)
         for j in range(counts[ident]):
             rel = f"images/{name}/{j:03d}.png"
-            render_image(texture, cfg.image_size, rng).save(out_dir / rel)
+            render_image(texture, cfg.image_size, rng, cfg.clutter).save(out_dir / rel)
             rows.append({"image_id": f"{name}_{j:03d}", "identity": name, "path": rel,
                          "species": f"synthetic-{coat.kind}", "family": int(fam_of[ident])})
             bar.update()

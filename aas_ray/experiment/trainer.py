@@ -24,18 +24,18 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from aas_ray.al import ConstraintStore, SimulatedOracle, Views, cycle_budget, np3, total_pairs
+from aas_ray.al import ConstraintStore, SimulatedOracle, Views, np3, total_pairs
 from aas_ray.al.constraints import Answer
 from aas_ray.al.samplers import cosine_pair_sim
 from aas_ray.checks import InputError
 from aas_ray.cluster import jaccard_graph
-from aas_ray.cluster.views import dbscan_view, finch_view, first_non_self_neighbour
+from aas_ray.cluster.views import dbscan_view, finch_view, first_non_self_neighbour, resolve_eps
 from aas_ray.config import Config, dump_config
 from aas_ray.eval import clustering_metrics
 from aas_ray.experiment.annotations import AnnotationJournal
 from aas_ray.experiment.setup import make_split, prepare_data, save_split
 from aas_ray.experiment.simulate import sampler_for
-from aas_ray.experiment.spcl import HybridMemory, self_paced_labels
+from aas_ray.experiment.spcl import HybridMemory, self_paced_labels, with_instance_classes
 from aas_ray.experiment.tracking import NullTracker, Tracker
 from aas_ray.experiment.zeroshot import dataset_features, evaluate_split
 from aas_ray.data.images import CatalogueImages, PKSampler, to_tensor_batch, train_transform
@@ -86,15 +86,41 @@ def epoch_views(x: np.ndarray, cluster_cfg: dict, need_b: bool):
 
     cc = ClusterConfig.model_validate(cluster_cfg)
     graph = jaccard_graph(x, cc.k1, cc.k2, min_sim=cc.jaccard_min_sim)
-    a = dbscan_view(graph, cc.eps, cc.min_samples)
-    tight = dbscan_view(graph, max(cc.eps - cc.eps_gap, 1e-3), cc.min_samples)
-    loose = dbscan_view(graph, min(cc.eps + cc.eps_gap, 0.999), cc.min_samples)
+    eps = resolve_eps(graph, cc.eps, cc.min_samples)
+    a = dbscan_view(graph, eps, cc.min_samples)
+    tight = dbscan_view(graph, max(eps - cc.eps_gap, 1e-3), cc.min_samples)
+    loose = dbscan_view(graph, min(eps + cc.eps_gap, 0.999), cc.min_samples)
     b = None
     if need_b:
         n_a = int(np.unique(a[a >= 0]).size)
         b = finch_view(x, cc.finch_partition, max(n_a, 1), first_non_self_neighbour(graph.knn_idx),
                        cc.finch_ann_threshold)
     return graph, a, tight, loose, b
+
+
+def pool_yield(pools: np.ndarray, answers: np.ndarray) -> dict:
+    """Per pool: pairs asked and must-links found (how many answers one must-link costs)."""
+    out = {}
+    for pool in ("os", "us", "random"):
+        sel = pools == pool
+        if sel.any():
+            out[f"asked_{pool}"] = int(sel.sum())
+            out[f"ml_{pool}"] = int((answers[sel] == int(Answer.MUST_LINK)).sum())
+    return out
+
+
+def label_diagnostics(view_a, store, refined, train_labels, truth) -> dict:
+    """Pair precision / recall / F1 against the truth of each stage that answers pass through
+    (docs/method.md §9): view A alone, the must-link closure alone, the NP3-refined view A,
+    and the labels the trainer uses after the self-paced filter."""
+    out = {}
+    stages = {"view_a": view_a, "ml_closure": store.ml_closure_labels(), "refined": refined,
+              "train": with_instance_classes(train_labels)}
+    for name, lab in stages.items():
+        q = clustering_metrics(lab, truth)
+        out.update({f"labels/{name}_precision": q["pair_precision"], f"labels/{name}_recall": q["pair_recall"],
+                    f"labels/{name}_f1": q["pair_f1"]})
+    return out
 
 
 class SpCLTrainer:
@@ -135,6 +161,7 @@ class SpCLTrainer:
         save_split(self.data.cat, self.split, self.dir / "split.csv")
         self.train_cat = self.data.cat.subset(self.split.train)
         self.truth = self.data.identities[self.split.train]
+        self.eval_rows = np.union1d(self.split.query, self.split.gallery)
         n = len(self.train_cat)
         if n < 2:
             raise InputError("the training pool holds fewer than 2 images")
@@ -186,7 +213,7 @@ class SpCLTrainer:
     def cycle_at(self, epoch: int) -> int | None:
         """1-based AL cycle that runs before ``epoch``, if any (epochs 0, every, 2*every, ...)."""
         al = self.cfg.al
-        if al.strategy == "none" or epoch % al.every:
+        if al.strategy in ("none", "supervised") or epoch % al.every:
             return None
         c = epoch // al.every + 1
         return c if c <= al.cycles else None
@@ -226,7 +253,7 @@ class SpCLTrainer:
         sim = graph.pair_sim if cfg.cluster.similarity == "jaccard" else cosine_pair_sim(x)
         views = Views(x, labels_a, labels_b, sim)
         already = sum(1 for a in self.store.annotations if a.cycle == c)
-        budget = max(cycle_budget(n, cfg.al.budget_fraction) - already, 0)
+        budget = max(cfg.al.cycle_budget(n) - already, 0)
         prop = sampler_for(cfg, cfg.al.strategy).propose(views, self.store, budget, self.rng)
         pairs = prop.draw.pairs
         if cfg.al.oracle == "human" and len(pairs):
@@ -239,6 +266,7 @@ class SpCLTrainer:
             self.dir / "pairs.csv", mode="a", header=not (self.dir / "pairs.csv").exists(), index=False)
         counts = self.store.counts()
         row = {"cycle": c, "regions": prop.stats["regions"], "U_os": prop.stats["U_os"], "U_us": prop.stats["U_us"],
+               **pool_yield(prop.draw.pool, answers),
                "pairs_asked": len(pairs) + already, "asked_total": counts["asked"],
                "ml_cl_ratio": counts["must_link"] / max(counts["cannot_link"], 1),
                "utilised_budget": counts["asked"] / total_pairs(n), "contradictions": counts["contradictions"]}
@@ -251,6 +279,9 @@ class SpCLTrainer:
     # ---- epochs ----------------------------------------------------------------------
     def pseudo_labels(self, epoch: int) -> tuple[np.ndarray, dict]:
         cfg = self.cfg
+        if cfg.al.strategy == "supervised":
+            # The skyline: every training image labelled with its true identity, no clustering.
+            return np.unique(self.truth, return_inverse=True)[1].astype(np.int64), {}
         x = self.memory.features.detach().float().cpu().numpy()
         c = self.cycle_at(epoch)
         need_b = c is not None and not any(r["cycle"] == c for r in self.state.cycles)
@@ -274,6 +305,7 @@ class SpCLTrainer:
                         "cluster/nmi": q["nmi"], "cluster/ari": q["ari"], "cluster/pair_precision": q["pair_precision"],
                         "cluster/pair_recall": q["pair_recall"], "cluster/pair_f1": q["pair_f1"],
                         "al/constraints_ml": int(ml.shape[0]), "al/constraints_cl": int(cl.shape[0])})
+        metrics.update(label_diagnostics(a, self.store, refined, labels, self.truth))
         return labels, metrics
 
     def train_epoch(self, labels: np.ndarray, epoch: int) -> dict:
@@ -316,7 +348,10 @@ class SpCLTrainer:
         self.memory.update(feats, idx)
 
     def evaluate(self, step: int) -> dict:
-        feats = self.extract(self.data.cat)
+        # Only queries and gallery exemplars are compared; the other images need no features.
+        part = self.extract(self.data.cat.subset(self.eval_rows))
+        feats = np.zeros((len(self.data.cat), part.shape[1]), dtype=np.float32)
+        feats[self.eval_rows] = part
         m = evaluate_split(feats, self.data.identities, self.split)
         asked = len(self.store.annotations)
         row = {"step": step, **m, "utilised_budget": asked / total_pairs(len(self.train_cat)), "pairs": asked}
@@ -345,8 +380,9 @@ class SpCLTrainer:
                 self._checkpoint()
                 self.tracker.log_metrics(metrics, step=epoch + 1)
             self.end_epoch(epoch, metrics)
-            log.info("epoch %d: loss %.4f, %d clusters, %d instances, NMI %.3f%s", epoch, metrics["train/loss"],
-                     metrics["cluster/clusters"], metrics["cluster/instances"], metrics["cluster/nmi"],
+            log.info("epoch %d: loss %.4f, %s clusters, %s instances, train-label pair F1 %s%s", epoch,
+                     metrics["train/loss"], metrics.get("cluster/clusters", "-"), metrics.get("cluster/instances", "-"),
+                     f"{metrics['labels/train_f1']:.3f}" if "labels/train_f1" in metrics else "-",
                      f", mAP {metrics['eval/mAP']:.4f}" if "eval/mAP" in metrics else "")
         if self.is_main:
             self.export()
