@@ -14,7 +14,7 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/aas-ray run
+	$(BIN)/aas-ray run --strategies none,random,aas,supervised
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -rs tests

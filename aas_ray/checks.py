@@ -10,7 +10,7 @@ class InputError(ValueError):
 
 
 def unit_features(features, name: str = "features") -> np.ndarray:
-    """Return ``features`` as a C-contiguous float32 array of L2-normalised rows (SPEC §0).
+    """Return ``features`` as a C-contiguous float32 array of L2-normalised rows (docs/method.md §0).
 
     The result may be ``features`` itself (when it already is one); treat it as read-only.
 

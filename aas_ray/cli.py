@@ -57,31 +57,72 @@ def cmd_datasets(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from aas_ray.experiment.setup import save_split
+    from aas_ray.experiment.prepare import save_split
     from aas_ray.experiment.zeroshot import zero_shot
 
     cfg = _config(args)
-    res = zero_shot(cfg)
+    exp, metrics = zero_shot(cfg)
     out = Path(cfg.output_dir) / f"zeroshot-{cfg.data.name}"
     out.mkdir(parents=True, exist_ok=True)
-    save_split(res["data"].cat, res["split"], out / "split.csv")
-    (out / "metrics.json").write_text(json.dumps(res["metrics"], indent=1))
+    save_split(exp.data.cat, exp.split, out / "split.csv")
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     log.info("zero-shot %s on %s: %s", cfg.model.arch, cfg.data.name,
-             ", ".join(f"{k}={v:.4f}" for k, v in res["metrics"].items()))
+             ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
     log.info("split and metrics written to %s", out)
     return 0
 
 
 def cmd_simulate(args) -> int:
-    from aas_ray.experiment.simulate import run_simulation_cli
+    import pandas as pd
 
-    return run_simulation_cli(args, _config(args))
+    from aas_ray.checks import InputError
+    from aas_ray.experiment.simulate import load_features, simulate
+
+    cfg = _config(args)
+    strategies = _strategies(args.strategies)
+    if args.features:
+        if not args.labels:
+            raise InputError("--features needs --labels (the ground-truth identity of each row)")
+        x, truth = load_features(args.features, args.labels)
+        name = Path(args.features).stem
+    else:
+        from aas_ray.experiment.prepare import prepare_experiment
+
+        exp = prepare_experiment(cfg)
+        x, truth, name = exp.train_features, exp.truth, cfg.data.name
+    out = Path(args.out) if args.out else Path(cfg.output_dir) / f"simulate-{name}"
+    out.mkdir(parents=True, exist_ok=True)
+    table = simulate(x, truth, cfg, strategies, args.cycles, out)
+    table.to_csv(out / "cycles.csv", index=False)
+    cols = [c for c in ("strategy", "cycle", "pairs_asked", "ml_cl_ratio", "utilised_budget", "regions", "U_os",
+                        "U_us", "nmi", "ari", "pair_f1", "clusters", "outliers") if c in table.columns]
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(f"dataset {name}: n={x.shape[0]}, budget {table.attrs['budget_per_cycle']} pairs per cycle")
+        print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    log.info("cycle table, asked pairs and annotation journals written to %s", out)
+    return 0
+
+
+def _strategies(text: str) -> list[str]:
+    """A comma-separated list of strategies, each checked before any work starts."""
+    from typing import get_args
+
+    from aas_ray.config import ConfigError, Strategy
+
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    known = get_args(Strategy)
+    bad = [s for s in names if s not in known]
+    if bad or not names:
+        raise ConfigError(f"unknown strategy {bad[0]!r} in --strategies; known: {', '.join(known)}" if bad
+                          else "--strategies is empty")
+    return names
 
 
 def cmd_run(args) -> int:
     from aas_ray.orchestration.run import run_cli
 
-    return run_cli(args, _config(args))
+    cfg = _config(args)
+    return run_cli(args, cfg, _strategies(args.strategies or cfg.al.strategy))
 
 
 def cmd_tune(args) -> int:
@@ -117,7 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="train SpCL with AL cycles (the main job), logged to MLflow")
     _add_config_args(r)
-    r.add_argument("--strategies", help="comma-separated strategies run one after another (default: al.strategy)")
+    r.add_argument("--strategies", help="comma-separated strategies run one after another on the same data, "
+                   "split and seed, e.g. none,random,aas,supervised (default: al.strategy)")
     r.add_argument("--tracking-uri", help="MLflow tracking URI (default: env MLFLOW_TRACKING_URI or ./mlflow.db)")
     r.add_argument("--resume", metavar="RUN", help="resume an interrupted run (MLflow run id or run folder)")
     r.add_argument("--workers", type=int, default=0, help="Ray Train DDP workers (0 = this process)")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -54,7 +54,8 @@ class ModelConfig(_Strict):
     arch: str = Field("resnet50", description="any timm model name, hf-hub:... included")
     pretrained: bool = Field(False, description="timm hub weights (needs network)")
     weights: str | None = Field(None, description="local checkpoint path, or builtin:efficientnet_lite0")
-    image_size: tuple[int, int] = (224, 224)
+    image_size: tuple[Annotated[int, Field(ge=16)], Annotated[int, Field(ge=16)]] = Field(
+        (224, 224), description="network input (height, width), at least 16 px each")
     batch_size: int = Field(64, ge=1, description="feature-extraction batch size")
     workers: int = Field(2, ge=0)
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
@@ -67,12 +68,20 @@ class ClusterConfig(_Strict):
         0.01, ge=0.0, lt=1.0, description="drop Jaccard pairs below this sim (0 = keep all, as SpCL)"
     )
     eps: float | Literal["auto"] = Field(
-        0.6, description="DBSCAN radius on d_J, in (0, 1); 'auto' = the radius giving the most clusters")
+        "auto", description="DBSCAN radius on d_J, in (0, 1); 'auto' = the radius giving the most clusters "
+        "(SpCL and the paper: 0.6)")
     eps_gap: float = Field(0.02, ge=0.0, description="self-paced criterion: DBSCAN at eps ± gap")
     min_samples: int = Field(4, ge=1)
-    finch_partition: Literal["auto"] | int = "auto"
+    finch_partition: Literal["auto"] | int = Field(
+        0, description="FINCH level of view B: 0 = finest; 'auto' = the level whose cluster count is closest "
+        "to view A's")
     finch_ann_threshold: int = Field(5000, ge=2)
     similarity: Literal["jaccard", "cosine"] = "jaccard"
+
+    def view_params(self) -> dict:
+        """Keyword arguments of :func:`aas_ray.cluster.build_views` (the pair similarity is
+        not a property of the views)."""
+        return self.model_dump(exclude={"similarity"})
 
     @field_validator("eps")
     @classmethod
@@ -88,9 +97,9 @@ DEFAULT_BUDGET_FRACTION = 0.0002
 
 
 class ALConfig(_Strict):
-    strategy: Strategy | list[Strategy] = Field(
-        "aas", description="sampler; a list runs each one after another with the same seed"
-    )
+    strategy: Strategy = Field(
+        "aas", description="none (plain SpCL) | random | aas | supervised (the skyline); `aas-ray run "
+        "--strategies` and studies run several side by side")
     epsilon: float = Field(0.6, ge=0.0, le=1.0, description="Eq. 6 mixture weight of U_os")
     k_max: int = Field(5, ge=1)
     s_min: float = Field(0.3, ge=0.0, le=1.0)
@@ -98,6 +107,9 @@ class ALConfig(_Strict):
     budget_fraction: float | None = Field(
         None, ge=0.0, le=1.0, description=f"pairs per cycle / all pairs (default {DEFAULT_BUDGET_FRACTION})")
     budget_pairs: int | None = Field(None, ge=0, description="pairs per cycle, instead of budget_fraction")
+    budget_per: Literal["cycle", "run"] = Field(
+        "cycle", description="the budget is per AL cycle (the paper), or for the whole run: each cycle may then "
+        "ask what earlier cycles left")
     cycles: int = Field(5, ge=0)
     every: int = Field(10, ge=1, description="epochs between AL cycles")
     oracle: Literal["simulated", "human"] = "simulated"
@@ -112,12 +124,9 @@ class ALConfig(_Strict):
                 "(e.g. --set al.budget_fraction=null)")
         return self
 
-    @property
-    def strategies(self) -> list[str]:
-        return list(self.strategy) if isinstance(self.strategy, list) else [self.strategy]
-
     def cycle_budget(self, n: int) -> int:
-        """Pairs one AL cycle may ask of ``n`` images (SPEC §7)."""
+        """Pairs one AL cycle may ask of ``n`` images, or with ``budget_per: run`` all cycles
+        together (docs/method.md §7)."""
         from aas_ray.al.sampling import cycle_budget
 
         if self.budget_pairs is not None:
@@ -203,6 +212,8 @@ def _describe(err: ValidationError, source: str) -> str:
         loc = ".".join(str(p) for p in e["loc"])
         if e["type"] == "extra_forbidden":
             lines.append(f"unknown key '{loc}'")
+        elif e["type"] == "value_error":  # a check across keys: its message names them
+            lines.append(f"'{loc}': {e['msg'].removeprefix('Value error, ')}")
         else:
             lines.append(f"'{loc}': {e['msg']} (got {e.get('input')!r})")
     return f"invalid configuration in {source}: " + "; ".join(lines)
@@ -215,7 +226,12 @@ def parse_overrides(pairs: list[str] | None) -> dict:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key=value")
         k, v = item.split("=", 1)
-        set_dotted(out, k.strip(), yaml.safe_load(v))
+        try:
+            value = yaml.safe_load(v)
+        except yaml.YAMLError as err:
+            problem = str(err).splitlines()[0]
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({problem})") from None
+        set_dotted(out, k.strip(), value)
     return out
 
 
@@ -253,8 +269,14 @@ def read_yaml(path: str | Path) -> dict:
 def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> Config:
     """Read a YAML config (or the defaults), apply overrides, validate everything."""
     raw = read_yaml(path) if path else {}
+    source = str(path) if path else "<defaults>"
     extra = parse_overrides(overrides) if isinstance(overrides, list) else (overrides or {})
-    return build_config(raw, extra, source=str(path) if path else "<defaults>")
+    if not extra:
+        return build_config(raw, source=source)
+    # The file on its own first, so that an error is blamed on whichever holds it.
+    build_config(raw, source=source)
+    named = " ".join(f"--set {o}" for o in overrides) if isinstance(overrides, list) else "the overrides"
+    return build_config(raw, extra, source=named)
 
 
 def dump_config(cfg: Config) -> str:

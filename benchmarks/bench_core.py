@@ -1,4 +1,4 @@
-"""Benchmark of the AAS core library (issue: core library, "Performance").
+"""Benchmark of the AAS core library: per-stage time and peak memory (docs/method.md §1-9).
 
 For synthetic Gaussian-mixture embeddings (n = 10k, 50k, 100k; d = 2048 and 512) it
 prints the time and peak resident memory of every stage: kNN, Jaccard, DBSCAN, FINCH,
@@ -54,7 +54,7 @@ def run_one(n: int, d: int, use_gpu: bool | None, min_sim: float = 0.01) -> dict
     from aas_ray.al.regions import region_index
     from aas_ray.al.sampling import draw_without_replacement, mixture, over_segmentation_probs, under_segmentation_probs
     from aas_ray.cluster import jaccard_graph, knn_search
-    from aas_ray.cluster.views import dbscan_view, finch_view, first_non_self_neighbour
+    from aas_ray.cluster.views import choose_partition, dbscan_view, finch_partitions, first_non_self_neighbour
 
     x, y = embeddings(n, d)
     base_rss = rss_bytes()
@@ -68,7 +68,8 @@ def run_one(n: int, d: int, use_gpu: bool | None, min_sim: float = 0.01) -> dict
         a = dbscan_view(g, 0.6, 4)
     with st.stage("FINCH"):
         n_a = int(np.unique(a[a >= 0]).size)
-        b = finch_view(x, "auto", n_a, first_non_self_neighbour(g.knn_idx))
+        parts, counts = finch_partitions(x, first_non_self_neighbour(g.knn_idx))
+        b = parts[:, choose_partition(counts, "auto", max(n_a, 1))]
     # A cycle-2 situation: one cycle of answers already in the store, so NP3 has work.
     store = ConstraintStore(n)
     oracle = SimulatedOracle(y)

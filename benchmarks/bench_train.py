@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from aas_ray.cli import DEMO_CONFIG
 from aas_ray.config import load_config
 from aas_ray.data.images import CatalogueImages, PKSampler, to_tensor_batch, train_transform
-from aas_ray.experiment.setup import prepare_data
+from aas_ray.experiment.prepare import prepare_data
 from aas_ray.experiment.spcl import HybridMemory
 from aas_ray.models import build_model, resolve_device
 

@@ -1,4 +1,4 @@
-"""Zero-shot mAP / Top-1 / AUC-ROC of the offline backbone under the SPEC §11 protocol,
+"""Zero-shot mAP / Top-1 / AUC-ROC of the offline backbone under the docs/method.md §11 protocol,
 on the synthetic default and on LionData (when ../shared/data/LionData exists).
 
     python benchmarks/bench_zeroshot.py [--lion-root PATH]
@@ -34,7 +34,7 @@ def main() -> None:
             cfg = load_config(DEMO_CONFIG, [f"data.name={name}", f"seed={seed}", f"model.image_size=[{size[0]},{size[1]}]",
                                             *extra])
             t = time.time()
-            m = zero_shot(cfg, progress=False)["metrics"]
+            m = zero_shot(cfg, progress=False)[1]
             rows.append({"dataset": name, "seed": seed, "image_size": size[0], "seconds": time.time() - t, **m})
     print(f"{'dataset':10s} {'seed':>4s} {'mAP':>7s} {'mINP':>7s} {'Top-1':>7s} {'Top-5':>7s} {'BAKS':>7s} "
           f"{'AUC-ROC':>7s} {'known q':>7s} {'unkn q':>6s}")

@@ -93,7 +93,7 @@ def test_corrupt_and_missing_images(tmp_path):
 
 def test_one_identity_is_rejected_by_the_protocol(tmp_path, tiny_cfg):
     from aas_ray.checks import InputError
-    from aas_ray.experiment.setup import make_split, prepare_data
+    from aas_ray.experiment.prepare import make_split, prepare_data
 
     write_folder(tmp_path / "one", ["solo/1.png", "solo/2.png", "solo/3.png"])
     cfg = tiny_cfg.model_copy(update={"data": DataConfig(name="folder", root=str(tmp_path / "one"))})

@@ -69,21 +69,16 @@ def test_padded_knn_table_is_rejected():
         jaccard_graph(x, 10, 3, knn=(sims, idx))
 
 
-@pytest.mark.parametrize("upper_only", [False, True])
-def test_min_sum_rows_scan_and_sort_paths_agree(upper_only):
-    # The kernel emits a row either by scanning all marks or by sorting the touched
-    # images; both must give the same sorted row.
-    from aas_ray.cluster.jaccard import _min_sum_rows
+@pytest.mark.parametrize("min_sim", [0.0, 0.05])
+def test_min_sum_scan_and_sort_paths_agree(min_sim):
+    # The kernel emits a row either by scanning all marks or by sorting the touched images
+    # (full rows without a floor, the upper triangle with one): the same matrix either way.
+    from aas_ray.cluster.jaccard import jaccard_similarity
 
     x, _ = mixture(400, 16, 40, seed=5)
-    g = jaccard_graph(x, k1=20, k2=6)
-    v = g.sim.tocsr()  # any nonnegative sparse matrix exercises the kernel
-    vc = v.tocsc()
-    args = (v.indptr.astype(np.int64), v.indices.astype(np.int32), v.data,
-            vc.indptr.astype(np.int64), vc.indices.astype(np.int32), vc.data, 0, 400, 400,
-            np.float32(0.05), 400 * 400, upper_only)
-    scanned = _min_sum_rows(*args, 10**9)
-    sorted_ = _min_sum_rows(*args, 0)
-    for a, b in zip(scanned, sorted_):
+    v = jaccard_graph(x, k1=20, k2=6).sim.tocsr()  # any nonnegative sparse matrix exercises the kernel
+    scanned = jaccard_similarity(v, min_sim, scan_factor=10**9)
+    sorted_ = jaccard_similarity(v, min_sim, scan_factor=0)
+    for a, b in ((scanned.indptr, sorted_.indptr), (scanned.indices, sorted_.indices), (scanned.data, sorted_.data)):
         np.testing.assert_array_equal(a, b)
-    assert scanned[1].size > 0
+    assert scanned.nnz > 400

@@ -64,7 +64,7 @@ def test_local_weights_roundtrip_and_mismatch(tmp_path):
 
 
 def test_feature_extraction_and_cache(tiny_cfg):
-    from aas_ray.experiment.setup import prepare_data
+    from aas_ray.experiment.prepare import prepare_data
 
     data = prepare_data(tiny_cfg, progress=False)
     calls = []

@@ -1,4 +1,3 @@
-import importlib
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -9,7 +8,7 @@ from aas_ray.checks import InputError
 
 
 def test_fig2_worked_example():
-    # SPEC §9 / paper Fig. 2: A, B, C, D, E in one cluster; ML A-B, ML C-D, CL B-E.
+    # docs/method.md §9 / paper Fig. 2: A, B, C, D, E in one cluster; ML A-B, ML C-D, CL B-E.
     A, B, C, D, E = range(5)
     x = np.array([[0.0, 1.0], [0.3, 1.0], [1.0, 0.2], [1.0, 0.0], [0.9, 0.4]])
     out = np3(np.zeros(5, int), [[A, B], [C, D]], [[B, E]], x)
@@ -92,20 +91,17 @@ def _partition(labels):
 @settings(max_examples=150, deadline=None)
 @given(instances())
 def test_batched_single_group_split_equals_cluster_by_cluster(inst):
-    # Clusters with one CL group are split all at once; the per-cluster path (SPEC §9 step 3
+    # Clusters with one CL group are split all at once; the per-cluster path (method §9 step 3
     # with Hungarian matching) must give the same partition on them.
-    mod = importlib.import_module("aas_ray.al.np3")  # the package re-exports np3, shadowing the module
+    from aas_ray.al import refine
 
     labels, ml, cl, x = inst
     batched = np3(labels, ml, cl, x)
-    original = mod._split_single_group
 
     def one_by_one(out, clusters, groups, graph, comp, x_, next_id):
-        return mod._split_each(out, clusters, [np.array([g]) for g in groups], graph, comp, x_, next_id)
+        return refine._split_each(out, clusters, [np.array([g]) for g in groups], graph, comp, x_, next_id)
 
-    mod._split_single_group = one_by_one
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(refine, "_split_single_group", one_by_one)
         looped = np3(labels, ml, cl, x)
-    finally:
-        mod._split_single_group = original
     assert _partition(batched) == _partition(looped)

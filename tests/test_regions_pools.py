@@ -11,7 +11,7 @@ from aas_ray.al.pools import (
     under_segmentation_pool,
 )
 
-# SPEC §5 worked example (paper Fig. 1C): images x1..x8 -> indices 0..7.
+# docs/method.md §5 worked example (paper Fig. 1C): images x1..x8 -> indices 0..7.
 A_FIG1 = np.array([0, 0, 1, 0, 1, 0, 2, 2])  # {1,2,4,6} {3,5} {7,8}
 B_FIG1 = np.array([0, 0, 0, 0, 1, 2, 2, 1])  # {1,2,3,4} {5,8} {6,7}
 
@@ -142,12 +142,22 @@ def test_os_pool_respects_kmax_and_smin():
     assert np.unique(pairs, axis=0).shape[0] == pairs.shape[0]
     all_pairs, _ = over_segmentation_pool(x, medoids, 2, 0.0, cos)
     assert pairs.shape[0] <= all_pairs.shape[0]
+    # exactly the k_max nearest other medoids by cosine, then the s_min filter: brute force
+    s = x[medoids] @ x[medoids].T
+    np.fill_diagonal(s, -np.inf)
+    want = set()
+    for i in range(medoids.size):
+        for j in np.argsort(-s[i], kind="stable")[:2]:
+            u, v = sorted((int(medoids[i]), int(medoids[j])))
+            if cos(np.array([[u, v]]))[0] >= 0.3:
+                want.add((u, v))
+    assert {tuple(p) for p in pairs.tolist()} == want and len(want) > 5
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 6), st.integers(0, 8), st.booleans()), min_size=1, max_size=40))
 def test_cooccurring_cluster_pairs_match_a_direct_listing(rows):
-    from aas_ray.al.pools import _cooccurring_cluster_pairs
+    from aas_ray.al.pools import cooccurring_cluster_pairs
 
     own = np.array([r[1] for r in rows])
     other = np.array([r[0] for r in rows])
@@ -157,7 +167,7 @@ def test_cooccurring_cluster_pairs_match_a_direct_listing(rows):
         for i in range(len(rows)) for j in range(len(rows))
         if own[i] != own[j] and other[i] == other[j] and not noise[i] and not noise[j]
     }
-    got = _cooccurring_cluster_pairs(own, other, noise)
+    got = cooccurring_cluster_pairs(own, other, noise)
     assert {tuple(p) for p in got.tolist()} == expected
     assert got.shape[0] == len(expected)
 
@@ -167,19 +177,17 @@ def test_cooccurring_cluster_pairs_match_a_direct_listing(rows):
 def test_closest_pair_compiled_and_blas_paths_agree(seed):
     # Eq. 2 has two implementations (small blocks compiled, large blocks BLAS): same
     # closest pair, up to float ties.
-    from aas_ray.al.pools import _closest_blas, _closest_small, _Groups
+    from aas_ray.al.pools import closest_cross_pairs
 
     rng = np.random.default_rng(seed)
     n, k = 120, 9
     x = rng.normal(size=(n, 16)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     labels = rng.integers(0, k, n)
-    groups = _Groups.of(labels, k)
-    pairs = np.array([(p, q) for p in range(k) for q in range(p + 1, k)
-                      if groups.size(p) and groups.size(q)], dtype=np.int64)
-    small = np.empty_like(pairs)
-    _closest_small(x, groups.order, groups.start, pairs, small)
-    blas = _closest_blas(x, groups, pairs)
+    present = np.unique(labels)
+    pairs = np.array([(p, q) for p in present for q in present if p < q], dtype=np.int64)
+    small = closest_cross_pairs(x, labels, k, pairs, compiled_up_to=n * n)  # every pair compiled
+    blas = closest_cross_pairs(x, labels, k, pairs, compiled_up_to=0)  # every pair through BLAS
     assert (labels[small[:, 0]] == pairs[:, 0]).all() and (labels[small[:, 1]] == pairs[:, 1]).all()
     dots = lambda pr: np.einsum("ij,ij->i", x[pr[:, 0]], x[pr[:, 1]])
     np.testing.assert_allclose(dots(small), dots(blas), atol=1e-5)

@@ -1,10 +1,12 @@
-"""The main job against real components: a real sqlite MLflow store, real images, real training."""
+"""The main job against real components: a real sqlite MLflow store, real images, real
+training, real processes killed with SIGKILL at named points."""
 
 import json
 import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -31,27 +33,220 @@ def cli_args(tmp_path, *extra, epochs=2):
     return out + list(extra)
 
 
+def client_of(tmp_path):
+    return MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+def resume_args(tmp_path, run_dir):
+    return ["run", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--resume", str(run_dir)]
+
+
+def killed_at(tmp_path, patch: str, *extra, epochs=4):
+    """Run `aas-ray run` in a child process whose ``patch`` (Python run before the CLI)
+    SIGKILLs it at a chosen point; returns the run folder it left."""
+    script = textwrap.dedent(patch) + textwrap.dedent(f"""
+        import sys
+        from aas_ray.cli import main
+        sys.exit(main({cli_args(tmp_path, '--strategies', 'aas', *extra, epochs=epochs)!r}))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == -signal.SIGKILL, proc.stdout[-2000:] + proc.stderr[-3000:]
+    runs = list((tmp_path / "runs").glob("*/state.json"))
+    assert len(runs) == 1
+    return runs[0].parent
+
+
+def steps_of(client, run_id, key):
+    return sorted(m.step for m in client.get_metric_history(run_id, key))
+
+
 @pytest.mark.slow
-def test_tiny_run_is_logged_to_mlflow(tmp_path):
-    assert main(cli_args(tmp_path, "--strategies", "none,aas")) == 0
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+def test_tiny_run_is_logged_to_mlflow_with_its_bounds(tmp_path, capsys):
+    assert main(cli_args(tmp_path, "--strategies", "none,aas,supervised")) == 0
+    client = client_of(tmp_path)
     exp = client.get_experiment_by_name("aas-ray")
     runs = {r.data.tags["strategy"]: r for r in client.search_runs([exp.experiment_id])}
-    assert set(runs) == {"none", "aas"}
+    assert set(runs) == {"none", "aas", "supervised"}
     aas = runs["aas"]
     assert aas.info.status == "FINISHED"
     assert aas.data.params["al.strategy"] == "aas" and aas.data.params["cluster.k1"] == "10"
     for key in ("train/loss", "cluster/clusters", "cluster/nmi", "eval/mAP", "eval/auc_roc", "al/pairs_asked",
-                "al/U_us", "al/utilised_budget"):
+                "al/U_us", "al/utilised_budget", "labels/ml_closure_recall", "labels/refined_precision",
+                "labels/train_f1", "eval/gap_closed"):
         assert key in aas.data.metrics, key
-    steps = [m.step for m in client.get_metric_history(aas.info.run_id, "eval/mAP")]
-    assert steps == [0, 1, 2]
+    assert steps_of(client, aas.info.run_id, "eval/mAP") == [0, 1, 2]
     arts = {a.path for a in client.list_artifacts(aas.info.run_id)}
     assert {"config.yaml", "pairs.csv", "annotations.jsonl", "split.csv", "map_vs_budget.png",
             "weights.safetensors", "cycles.csv"} <= arts
     pairs = pd.read_csv(tmp_path / "runs" / aas.info.run_id / "pairs.csv")
     assert len(pairs) == aas.data.metrics["al/asked_total"] and pairs[["u", "v"]].duplicated().sum() == 0
     assert runs["none"].data.metrics["eval/utilised_budget"] == 0.0
+    # gap closed against the bounds trained in the same command, on the same split and seed
+    m = {s: r.data.metrics["eval/mAP"] for s, r in runs.items()}
+    want = (m["aas"] - m["none"]) / (m["supervised"] - m["none"])
+    assert aas.data.metrics["eval/gap_closed"] == pytest.approx(want)
+    assert runs["supervised"].data.metrics["eval/gap_closed"] == pytest.approx(1.0)
+    assert all(r.data.tags["config_key"] == aas.data.tags["config_key"] for r in runs.values())
+    out = capsys.readouterr().out
+    assert "gap_closed" in out and f"{want:.4f}" in out
+    # a later run of one strategy finds its bounds in the store
+    assert main(cli_args(tmp_path, "--strategies", "random")) == 0
+    rnd = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags["strategy"] == "random"][0]
+    want_r = (rnd.data.metrics["eval/mAP"] - m["none"]) / (m["supervised"] - m["none"])
+    assert rnd.data.metrics["eval/gap_closed"] == pytest.approx(want_r)
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_mid_training(tmp_path):
+    """Killed at the start of epoch 2's training: resume gives the same constraints, a
+    continuous history (every step once) and no pair asked twice."""
+    run_dir = killed_at(tmp_path, """
+        import os, signal
+        from aas_ray.experiment import trainer
+        _orig = trainer.SpCLTrainer.train_epoch
+        def train_epoch(self, labels, epoch):
+            if epoch == 2:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return _orig(self, labels, epoch)
+        trainer.SpCLTrainer.train_epoch = train_epoch
+    """)
+    before = [ln for ln in (run_dir / "annotations.jsonl").read_text().splitlines() if ln]
+    assert main(resume_args(tmp_path, run_dir)) == 0
+    after = [ln for ln in (run_dir / "annotations.jsonl").read_text().splitlines() if ln]
+    assert after[: len(before)] == before  # nothing collected was lost or rewritten
+    pairs = [tuple(sorted((json.loads(ln)["u"], json.loads(ln)["v"]))) for ln in after]
+    assert len(pairs) == len(set(pairs))  # no pair asked twice
+    client = client_of(tmp_path)
+    run = client.get_run(run_dir.name)
+    assert run.info.status == "FINISHED"
+    assert steps_of(client, run.info.run_id, "train/loss") == [1, 2, 3, 4]
+    assert steps_of(client, run.info.run_id, "eval/mAP") == [0, 1, 2, 3, 4]
+    assert len(client.search_runs([run.info.experiment_id])) == 1  # the same MLflow run continued
+
+
+@pytest.mark.slow
+def test_kill_between_checkpoint_and_metrics_loses_no_metric(tmp_path):
+    """Killed after epoch 1's checkpoint and before its metrics reach MLflow: the state says
+    the epoch is done, and the resumed run logs its metrics exactly once."""
+    run_dir = killed_at(tmp_path, """
+        import os, signal
+        from aas_ray.orchestration import tracking
+        _orig = tracking.MlflowTracker.log_metrics_once
+        def log_metrics_once(self, metrics, step):
+            if step == 2 and "train/loss" in metrics:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return _orig(self, metrics, step)
+        tracking.MlflowTracker.log_metrics_once = log_metrics_once
+    """)
+    state = json.loads((run_dir / "state.json").read_text())
+    assert state["epoch_done"] == 1 and [u["step"] for u in state["unlogged"]] == [2]
+    client = client_of(tmp_path)
+    assert steps_of(client, run_dir.name, "train/loss") == [1]
+    assert main(resume_args(tmp_path, run_dir)) == 0
+    assert steps_of(client, run_dir.name, "train/loss") == [1, 2, 3, 4]
+    assert steps_of(client, run_dir.name, "cluster/clusters") == [1, 2, 3, 4]
+    assert client.get_run(run_dir.name).info.status == "FINISHED"
+
+
+@pytest.mark.slow
+def test_kill_during_setup_is_resumable_and_never_left_running(tmp_path, caplog):
+    run_dir = killed_at(tmp_path, """
+        import os, signal
+        from aas_ray.experiment import trainer
+        def build_model(cfg):
+            os.kill(os.getpid(), signal.SIGKILL)
+        trainer.build_model = build_model
+    """)
+    client = client_of(tmp_path)
+    assert client.get_run(run_dir.name).info.status == "RUNNING"
+    assert json.loads((run_dir / "state.json").read_text())["epoch_done"] == -1
+    # The next command on this output folder marks it KILLED and says how to continue it ...
+    assert main(cli_args(tmp_path, "--strategies", "none", epochs=1)) == 0
+    assert client.get_run(run_dir.name).info.status == "KILLED"
+    assert f"continue it with: aas-ray run --resume {run_dir}" in caplog.text
+    # ... and --resume runs it to the end in the same MLflow run.
+    assert main(resume_args(tmp_path, run_dir)) == 0
+    assert client.get_run(run_dir.name).info.status == "FINISHED"
+    assert steps_of(client, run_dir.name, "train/loss") == [1, 2, 3, 4]
+
+
+@pytest.mark.slow
+def test_second_process_on_a_run_is_refused(tmp_path, caplog):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "aas_ray.cli"] + cli_args(tmp_path, "--strategies", "aas", epochs=30),
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            states = list((tmp_path / "runs").glob("*/state.json")) if (tmp_path / "runs").exists() else []
+            if states and json.loads(states[0].read_text())["epoch_done"] >= 0:
+                break
+            time.sleep(0.2)
+        run_dir = states[0].parent
+        assert main(resume_args(tmp_path, run_dir)) == 2
+        assert f"run {run_dir} is in use by process {proc.pid}" in caplog.text
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.slow
+def test_journal_cut_in_the_middle_is_an_error_naming_both_counts(tmp_path, caplog):
+    assert main(cli_args(tmp_path, "--strategies", "aas", epochs=1)) == 0
+    run_dir = next((tmp_path / "runs").glob("*/state.json")).parent
+    journal = run_dir / "annotations.jsonl"
+    lines = journal.read_text().splitlines(keepends=True)
+    held = json.loads((run_dir / "state.json").read_text())["answers"]
+    assert held == len(lines) >= 5
+    # A torn last line written after the last checkpoint is skipped ...
+    journal.write_text("".join(lines) + '{"u": 1, "v"')
+    assert main(resume_args(tmp_path, run_dir)) == 0
+    # ... but a journal cut inside line 3 lost answers: an error, and nothing is rewritten.
+    cut = "".join(lines[:2]) + lines[2][:7]
+    journal.write_text(cut)
+    assert main(resume_args(tmp_path, run_dir)) == 2
+    assert f"holds 2 answers but the run's last checkpoint recorded {held}" in caplog.text
+    assert journal.read_text() == cut
+
+
+@pytest.mark.slow
+def test_human_oracle_round_trip(tmp_path, caplog, capsys):
+    args = cli_args(tmp_path, "--strategies", "aas", "--set", "al.oracle=human", epochs=1)
+    assert main(args) == 0
+    pending = list((tmp_path / "runs").glob("*/pending-cycle-1.csv"))
+    assert len(pending) == 1
+    path, run_dir = pending[0], pending[0].parent
+    assert f"the run waits for a person: answer the pairs in {path}" in caplog.text
+    client = client_of(tmp_path)
+    assert client.get_run(run_dir.name).info.status == "SCHEDULED"
+    original = pd.read_csv(path, keep_default_na=False)
+    resume = resume_args(tmp_path, run_dir)
+    # unanswered rows
+    assert main(resume) == 2 and "no answer yet" in caplog.text
+    # a deleted file is written again with the same pairs
+    path.unlink()
+    assert main(resume) == 0 and path.is_file()
+    assert pd.read_csv(path, keep_default_na=False).equals(original)
+    cat = pd.read_csv(run_dir / "split.csv")
+    ids = cat[cat["role"] == "train"]["identity"].to_numpy()
+    truth = np.where(ids[original["u"]] == ids[original["v"]], "same", "different")
+    # a row edited to other image numbers, and an answer that is not one, name file and line
+    edited = original.assign(answer=truth)
+    edited.loc[0, "u"] = int(edited.loc[1, "v"])
+    edited.to_csv(path, index=False)
+    assert main(resume) == 2 and f"{path} line 2: the row was changed" in caplog.text
+    original.assign(answer=np.where(np.arange(len(original)) == 1, "maybe", truth)).to_csv(path, index=False)
+    assert main(resume) == 2 and f"{path} line 3: unknown answer 'maybe'" in caplog.text
+    assert not (run_dir / "annotations.jsonl").exists() or not (run_dir / "annotations.jsonl").read_text()
+    original.assign(answer=truth).to_csv(path, index=False)
+    assert main(resume) == 0
+    lines = (run_dir / "annotations.jsonl").read_text().splitlines()
+    assert len(lines) == len(original) and all('"source": "human"' in ln for ln in lines)
+    asked = pd.read_csv(run_dir / "pairs.csv")
+    assert asked[["u", "v"]].values.tolist() == original[["u", "v"]].values.tolist()
+    cycles = pd.read_csv(run_dir / "cycles.csv")
+    assert cycles.loc[0, "regions"] > 0 and cycles.loc[0, "pairs_asked"] == len(original)
+    assert client.get_run(run_dir.name).info.status == "FINISHED"
 
 
 def test_bad_config_and_missing_dataset_fail_before_training(tmp_path, caplog):
@@ -59,7 +254,10 @@ def test_bad_config_and_missing_dataset_fail_before_training(tmp_path, caplog):
     assert "unknown key 'train.epochz'" in caplog.text
     assert main(cli_args(tmp_path, "--set", "data.name=folder", "--set", f"data.root={tmp_path / 'nope'}")) == 2
     assert "does not exist" in caplog.text
-    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("checkpoint.pt"))
+    # nothing collected, nothing left behind: no run folder, no MLflow run
+    assert not (tmp_path / "runs").exists()
+    exp = client_of(tmp_path).get_experiment_by_name("aas-ray")
+    assert exp is None or not client_of(tmp_path).search_runs([exp.experiment_id])
 
 
 def test_unreachable_tracking_server_fails_fast(tmp_path, caplog):
@@ -70,57 +268,3 @@ def test_unreachable_tracking_server_fails_fast(tmp_path, caplog):
     assert "unreachable" in caplog.text
     assert time.time() - t < 30
     assert not (tmp_path / "runs").exists()
-
-
-@pytest.mark.slow
-def test_resume_after_sigkill(tmp_path):
-    """Kill a run mid-training; resume; same constraints, continuous history, no pair twice."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", "aas_ray.cli"] + cli_args(tmp_path, "--strategies", "aas", epochs=4)
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    runs = tmp_path / "runs"
-    deadline = time.time() + 600
-    state = None
-    while time.time() < deadline:
-        states = list(runs.glob("*/state.json")) if runs.exists() else []
-        if states and '"epoch_done": 1' in states[0].read_text():
-            state = states[0]
-            break
-        if proc.poll() is not None:
-            pytest.fail("run ended before it could be killed:\n" + proc.stdout.read())
-        time.sleep(0.2)
-    assert state is not None, "run never reached epoch 1"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    run_dir = state.parent
-    before = [ln for ln in (run_dir / "annotations.jsonl").read_text().splitlines() if ln]
-    assert main(["run", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--resume", str(run_dir)]) == 0
-    after = [ln for ln in (run_dir / "annotations.jsonl").read_text().splitlines() if ln]
-    assert after[: len(before)] == before  # nothing collected was lost or rewritten
-    pairs = [tuple(sorted((json.loads(ln)["u"], json.loads(ln)["v"]))) for ln in after]
-    assert len(pairs) == len(set(pairs))  # no pair asked twice
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    run = client.get_run(run_dir.name)
-    assert run.info.status == "FINISHED"
-    steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss"))
-    assert steps[-1] == 4 and set(range(1, 5)) <= set(steps)
-    assert len(client.search_runs([run.info.experiment_id])) == 1  # the same MLflow run continued
-
-
-@pytest.mark.slow
-def test_human_oracle_round_trip(tmp_path, caplog):
-    args = cli_args(tmp_path, "--strategies", "aas", "--set", "al.oracle=human", epochs=1)
-    assert main(args) == 0
-    pending = list((tmp_path / "runs").glob("*/pending-cycle-1.csv"))
-    assert len(pending) == 1
-    run_dir = pending[0].parent
-    resume = ["run", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--resume", str(run_dir)]
-    assert main(resume) == 2 and "no answer yet" in caplog.text
-    df = pd.read_csv(pending[0])
-    cat = pd.read_csv(run_dir / "split.csv")
-    ids = cat[cat["role"] == "train"]["identity"].to_numpy()
-    df["answer"] = np.where(ids[df["u"]] == ids[df["v"]], "same", "different")
-    df.to_csv(pending[0], index=False)
-    assert main(resume) == 0
-    lines = (run_dir / "annotations.jsonl").read_text().splitlines()
-    assert len(lines) == len(df) and '"source": "human"' in lines[0]

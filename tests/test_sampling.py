@@ -4,8 +4,7 @@ import pytest
 from aas_ray.al import AASSampler, ConstraintStore, RandomSampler, SimulatedOracle, Views, cycle_budget, make_sampler
 from aas_ray.al.sampling import draw_without_replacement, mixture, under_segmentation_probs
 from aas_ray.checks import InputError
-from aas_ray.cluster import cluster_views
-from aas_ray.config import ClusterConfig
+from aas_ray.cluster import build_views
 from conftest import mixture as gm
 
 
@@ -48,36 +47,47 @@ def test_us_probabilities_factorise():
     assert np.allclose(p[3:], [0.25, 0.25])
 
 
-@pytest.mark.parametrize("strategy", ["aas", "random"])
-def test_cycles_never_repeat_a_pair_nor_exceed_the_budget(strategy):
-    x, y = gm(300, 16, 30, spread=0.9, seed=3)
-    graph, a, b = cluster_views(x, ClusterConfig(k1=15, k2=4))
-    views = Views(x, a, b, graph.pair_sim)
-    store = ConstraintStore(300)
-    sampler = make_sampler(strategy)
-    oracle = SimulatedOracle(y)
-    rng = np.random.default_rng(0)
-    budget = cycle_budget(300, 0.001)
-    asked = set()
-    for cycle in range(4):
+def mixture_views(seed=3):
+    x, y = gm(300, 16, 30, spread=0.9, seed=seed)
+    v = build_views(x, k1=15, k2=4)
+    return x, y, Views(x, v.labels_a, v.labels_b, v.graph.pair_sim)
+
+
+def run_cycles(strategy, x, y, views, budget, seed=0, cycles=4):
+    store, sampler, oracle, rng = ConstraintStore(len(y)), make_sampler(strategy), SimulatedOracle(y), np.random.default_rng(seed)
+    asked = []
+    for cycle in range(cycles):
         prop = sampler.propose(views, store, budget, rng)
         pairs = [tuple(p) for p in prop.draw.pairs.tolist()]
-        assert len(pairs) <= budget
+        # the whole budget is spent unless the open pool is smaller; never a pair twice
+        assert len(pairs) == min(budget, prop.stats["pool_open"])
         assert len(set(pairs)) == len(pairs)
-        assert not (set(pairs) & asked)
+        assert not (set(pairs) & set(asked))
         assert all(u < v for u, v in pairs)
         # nothing the store already implies is asked again
         assert (store.implied(prop.draw.pairs) < 0).all()
-        asked |= set(pairs)
+        asked += pairs
         for (u, v), ans in zip(prop.draw.pairs, oracle.answer(prop.draw.pairs)):
             store.add(u, v, ans, cycle)
-    assert len(asked) > 0
+    return asked
+
+
+@pytest.mark.parametrize("strategy", ["aas", "random"])
+def test_cycles_spend_the_budget_never_repeat_a_pair_and_are_deterministic(strategy):
+    x, y, views = mixture_views()
+    budget = cycle_budget(300, 0.001)
+    asked = run_cycles(strategy, x, y, views, budget)
+    if strategy == "random":
+        assert len(asked) == 4 * budget  # the random pool is every unasked pair: never exhausted
+    else:
+        assert budget <= len(asked) <= 4 * budget
+    assert run_cycles(strategy, x, y, views, budget) == asked  # same seed, same pairs
+    assert run_cycles(strategy, x, y, views, budget, seed=1) != asked
 
 
 def test_aas_proposal_reports_pools():
-    x, y = gm(300, 16, 30, spread=0.9, seed=3)
-    graph, a, b = cluster_views(x, ClusterConfig(k1=15, k2=4))
-    prop = AASSampler().propose(Views(x, a, b, graph.pair_sim), ConstraintStore(300), 50, np.random.default_rng(0))
+    x, y, views = mixture_views()
+    prop = AASSampler().propose(views, ConstraintStore(300), 50, np.random.default_rng(0))
     assert prop.stats["regions"] > 0
     assert len(prop.draw) == min(50, prop.stats["U_os"] + prop.stats["U_us"])
     assert set(prop.draw.pool.tolist()) <= {"os", "us"}

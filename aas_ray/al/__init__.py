@@ -1,8 +1,8 @@
-"""Active learning by Ambiguity-Aware Sampling (SPEC §3-9): regions, pools, sampling,
+"""Active learning by Ambiguity-Aware Sampling (docs/method.md §3-9): regions, pools, sampling,
 constraints, the simulated oracle and NP3. Plain numpy in, arrays out."""
 
 from aas_ray.al.constraints import Annotation, Answer, ConstraintStore, Contradiction, ContradictionError
-from aas_ray.al.np3 import np3
+from aas_ray.al.refine import np3
 from aas_ray.al.oracle import SimulatedOracle
 from aas_ray.al.regions import find_regions, region_index
 from aas_ray.al.sampling import PairDraw, cycle_budget, total_pairs

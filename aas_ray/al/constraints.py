@@ -1,4 +1,4 @@
-"""The constraint store (SPEC §8): must-links closed by union-find, cannot-links between
+"""The constraint store (docs/method.md §8): must-links closed by union-find, cannot-links between
 ML components, implied answers, and contradictions reported with the answers involved.
 
 Pure and in memory; the append-only journal that persists it lives in the experiment
@@ -204,7 +204,7 @@ class ConstraintStore:
         return out
 
     def open_pairs(self, pairs: np.ndarray) -> np.ndarray:
-        """Mask of pairs still worth asking: never asked and not implied (SPEC §6)."""
+        """Mask of pairs still worth asking: never asked and not implied (docs/method.md §6)."""
         return ~self.asked(pairs) & (self.implied(pairs) < 0)
 
     def ml_closure_labels(self) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""The simulated oracle (SPEC §8): answers from ground-truth identity, optionally noisy."""
+"""The simulated oracle (docs/method.md §8): answers from ground-truth identity, optionally noisy."""
 
 from __future__ import annotations
 

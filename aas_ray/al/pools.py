@@ -1,17 +1,17 @@
-"""Sampling pools: over-segmentation U_os (SPEC §4) and under-segmentation U_us (SPEC §5)."""
+"""Sampling pools: over-segmentation U_os (docs/method.md §4) and under-segmentation U_us (docs/method.md §5)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 
-from aas_ray.al.regions import dense_ids, group_sum, singletons_to_clusters
+from aas_ray.al._pool_kernels import closest_small_blocks
+from aas_ray.grouping import Groups, dense_ids, group_sum, singletons_to_clusters
 from aas_ray.cluster.knn import knn_search
 
-# Pair types under view A (SPEC §6): β1, β2, β3.
+# Pair types under view A (docs/method.md §6): β1, β2, β3.
 PAIR_TYPES = ("inlier-inlier", "inlier-outlier", "outlier-outlier")
 
 # Entries of one similarity block (|p| x Σ|q|) computed at once in the closest-pair search.
@@ -31,7 +31,7 @@ def unordered(pairs: np.ndarray) -> np.ndarray:
 
 
 def region_medoids(x: np.ndarray, region_id: np.ndarray, n_regions: int) -> np.ndarray:
-    """SPEC §4: per region, the member with the largest summed cosine similarity to the others.
+    """docs/method.md §4: per region, the member with the largest summed cosine similarity to the others.
 
     Σ_j x_i.x_j = x_i . (Σ_j x_j) - 1, so one sum per region and one dot per image suffice.
     """
@@ -50,7 +50,7 @@ def region_medoids(x: np.ndarray, region_id: np.ndarray, n_regions: int) -> np.n
 def over_segmentation_pool(
     x: np.ndarray, medoids: np.ndarray, k_max: int, s_min: float, sim: SimFn
 ) -> tuple[np.ndarray, np.ndarray]:
-    """SPEC §4: each medoid with its ``k_max`` nearest other medoids (cosine), kept when sim >= s_min."""
+    """docs/method.md §4: each medoid with its ``k_max`` nearest other medoids (cosine), kept when sim >= s_min."""
     m = medoids.size
     if m < 2 or k_max < 1:
         return np.empty((0, 2), dtype=np.int64), np.empty(0, dtype=np.float32)
@@ -69,67 +69,27 @@ def over_segmentation_pool(
     return pairs[keep], s[keep]
 
 
-@dataclass
-class _Groups:
-    """Images grouped by cluster id: members of cluster c are order[start[c]:start[c+1]]."""
-
-    order: np.ndarray
-    start: np.ndarray
-
-    @classmethod
-    def of(cls, labels: np.ndarray, n_clusters: int) -> "_Groups":
-        order = np.argsort(labels, kind="stable")
-        start = np.searchsorted(labels[order], np.arange(n_clusters + 1))
-        return cls(order, start)
-
-    def members(self, c: int) -> np.ndarray:
-        return self.order[self.start[c] : self.start[c + 1]]
-
-    def size(self, c) -> np.ndarray:
-        return self.start[np.asarray(c) + 1] - self.start[np.asarray(c)]
-
-
-@numba.njit(cache=True, nogil=True, fastmath=True)
-def _closest_small(x, order, start, cluster_pairs, out):
-    """Eq. 2 for small cluster pairs, one pair at a time without forming the |p| x |q| block.
-
-    Ties go to the first v of q, then the first u of p (member order), as in the BLAS path.
-    """
-    for k in range(cluster_pairs.shape[0]):
-        p, q = cluster_pairs[k, 0], cluster_pairs[k, 1]
-        best = -np.inf
-        for vi in range(start[q], start[q + 1]):
-            v = order[vi]
-            for ui in range(start[p], start[p + 1]):
-                u = order[ui]
-                dot = np.float32(0.0)
-                for f in range(x.shape[1]):
-                    dot += x[u, f] * x[v, f]
-                if dot > best:
-                    best = dot
-                    out[k, 0] = u
-                    out[k, 1] = v
-
-
-def closest_cross_pairs(x: np.ndarray, labels: np.ndarray, n_clusters: int, cluster_pairs: np.ndarray) -> np.ndarray:
+def closest_cross_pairs(x: np.ndarray, labels: np.ndarray, n_clusters: int, cluster_pairs: np.ndarray,
+                        compiled_up_to: int = _SMALL_PAIR) -> np.ndarray:
     """Eq. 2: for each (p, q) of ``cluster_pairs``, the closest (u in p, v in q) in feature space.
 
-    Small pairs (most of them) go through a compiled loop; pairs with a large block
-    through BLAS, |p| x Σ|q| similarities at a time.
+    Pairs with |p| x |q| <= ``compiled_up_to`` (most of them) go through a compiled loop;
+    larger ones through BLAS, |p| x Σ|q| similarities at a time. Both give the same pair
+    (ties: first v of q, then first u of p); the threshold only moves work between them.
     """
-    groups = _Groups.of(labels, n_clusters)
+    groups = Groups.of(labels, n_clusters)
     out = np.empty((cluster_pairs.shape[0], 2), dtype=np.int64)
-    small = groups.size(cluster_pairs[:, 0]) * groups.size(cluster_pairs[:, 1]) <= _SMALL_PAIR
+    small = groups.size(cluster_pairs[:, 0]) * groups.size(cluster_pairs[:, 1]) <= compiled_up_to
     if small.any():
         part = np.empty((int(small.sum()), 2), dtype=np.int64)
-        _closest_small(x, groups.order, groups.start, np.ascontiguousarray(cluster_pairs[small]), part)
+        closest_small_blocks(x, groups.order, groups.start, np.ascontiguousarray(cluster_pairs[small]), part)
         out[small] = part
     if not small.all():
         out[~small] = _closest_blas(x, groups, cluster_pairs[~small])
     return out
 
 
-def _closest_blas(x: np.ndarray, groups: "_Groups", cluster_pairs: np.ndarray) -> np.ndarray:
+def _closest_blas(x: np.ndarray, groups: Groups, cluster_pairs: np.ndarray) -> np.ndarray:
     """Eq. 2 for large cluster pairs: all pairs sharing p in |p| x Σ|q| BLAS blocks."""
     out = np.empty((cluster_pairs.shape[0], 2), dtype=np.int64)
     order = np.lexsort((cluster_pairs[:, 1], cluster_pairs[:, 0]))
@@ -163,7 +123,7 @@ def _closest_blas(x: np.ndarray, groups: "_Groups", cluster_pairs: np.ndarray) -
     return out
 
 
-def _cooccurring_cluster_pairs(own: np.ndarray, other: np.ndarray, other_is_noise: np.ndarray) -> np.ndarray:
+def cooccurring_cluster_pairs(own: np.ndarray, other: np.ndarray, other_is_noise: np.ndarray) -> np.ndarray:
     """Pairs (p < q) of ``own`` clusters that share at least one non-noise ``other`` cluster.
 
     Only these can yield a pair in Ĩ: a closest pair of p x q is a disagreement
@@ -188,7 +148,7 @@ def _cooccurring_cluster_pairs(own: np.ndarray, other: np.ndarray, other_is_nois
 
 
 def disagreement_counts(labels_a: np.ndarray, labels_b: np.ndarray, region_id: np.ndarray, n_regions: int) -> np.ndarray:
-    """|Ĩ_k| per region from the A x B contingency table (SPEC §6), never listing A+ or B+.
+    """|Ĩ_k| per region from the A x B contingency table (docs/method.md §6), never listing A+ or B+.
 
     |A+ △ B+| = Σ_a C(n_a,2) + Σ_b C(n_b,2) - 2 Σ_ab C(n_ab,2); noise is singleton.
     """
@@ -220,7 +180,7 @@ class UnderSegmentationPool:
 def under_segmentation_pool(
     x: np.ndarray, labels_a: np.ndarray, labels_b: np.ndarray, region_id: np.ndarray
 ) -> UnderSegmentationPool:
-    """SPEC §5, Eqs. 1-3: U_us = ∪_k Ĩ_k ∩ P_cand_k, by enumerating P_cand_k only."""
+    """docs/method.md §5, Eqs. 1-3: U_us = ∪_k Ĩ_k ∩ P_cand_k, by enumerating P_cand_k only."""
     idx = np.flatnonzero(region_id >= 0)
     empty = UnderSegmentationPool(np.empty((0, 2), np.int64), np.empty(0, np.int64), np.empty(0, np.int64))
     if idx.size == 0:
@@ -234,7 +194,7 @@ def under_segmentation_pool(
     b_noise = labels_b[idx] < 0
     found = []
     for own, n_own, other, other_noise in ((a_ids, na, b_ids, b_noise), (b_ids, nb, a_ids, a_noise)):
-        cps = _cooccurring_cluster_pairs(own, other, other_noise)
+        cps = cooccurring_cluster_pairs(own, other, other_noise)
         if cps.shape[0] == 0:
             continue
         local = closest_cross_pairs(xa, own, n_own, cps)

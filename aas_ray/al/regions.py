@@ -1,4 +1,4 @@
-"""Regions of uncertainty (SPEC §3; paper §3.1 A, Fig. 1A)."""
+"""Regions of uncertainty (docs/method.md §3; paper §3.1 A, Fig. 1A)."""
 
 from __future__ import annotations
 
@@ -7,32 +7,11 @@ import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
 from aas_ray.checks import labels_array
-
-
-def singletons_to_clusters(labels: np.ndarray) -> np.ndarray:
-    """Give every -1 (noise) its own cluster id, so noise counts as singleton clusters."""
-    out = labels.copy()
-    noise = np.flatnonzero(out < 0)
-    base = out.max() + 1 if out.size and out.max() >= 0 else 0
-    out[noise] = base + np.arange(noise.size)
-    return out
-
-
-def dense_ids(labels: np.ndarray) -> tuple[np.ndarray, int]:
-    """Map arbitrary non-negative ids to 0..k-1."""
-    uniq, inv = np.unique(labels, return_inverse=True)
-    return inv.astype(np.int64), uniq.size
-
-
-def group_sum(values: np.ndarray, groups: np.ndarray, n_groups: int) -> np.ndarray:
-    """Row sums of ``values`` per group id (a sparse indicator product; np.add.at is far slower)."""
-    ind = sp.csr_matrix((np.ones(groups.size, dtype=values.dtype), (groups, np.arange(groups.size))),
-                        shape=(n_groups, groups.size))
-    return np.asarray(ind @ values)
+from aas_ray.grouping import Groups, dense_ids, singletons_to_clusters
 
 
 def region_index(labels_a, labels_b) -> np.ndarray:
-    """Region id of every image (SPEC §3), -1 for images in no region.
+    """Region id of every image (docs/method.md §3), -1 for images in no region.
 
     Clusters a (view A) and b (view B) are linked when 0 < IoU(a, b) < 1; a region is a
     connected component of that bipartite graph holding at least one link. Noise (-1)
@@ -76,12 +55,10 @@ def region_index(labels_a, labels_b) -> np.ndarray:
 
 
 def find_regions(labels_a, labels_b) -> list[np.ndarray]:
-    """Public API (SPEC §3): the regions of uncertainty as sorted arrays of image indices."""
+    """Public API (docs/method.md §3): the regions of uncertainty as sorted arrays of image indices."""
     rid = region_index(labels_a, labels_b)
     if rid.size == 0 or rid.max() < 0:
         return []
-    order = np.argsort(rid, kind="stable")
-    order = order[rid[order] >= 0]
-    splits = np.flatnonzero(np.diff(rid[order])) + 1
-    return [np.sort(g) for g in np.split(order, splits)]
+    inside = np.flatnonzero(rid >= 0)
+    return [inside[g] for g in Groups.of(rid[inside])]
 

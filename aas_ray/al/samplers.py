@@ -1,4 +1,5 @@
-"""Pair samplers behind one interface: ``aas`` (Algorithm 1 step 1) and ``random``."""
+"""Pair samplers behind one interface (docs/method.md §6): ``aas`` (Algorithm 1 step 1) and
+``random``."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Protocol
 import numpy as np
 
 from aas_ray.al.constraints import ConstraintStore
-from aas_ray.al.np3 import np3
+from aas_ray.al.refine import np3
 from aas_ray.al.pools import (
     PAIR_TYPES,
     disagreement_counts,
@@ -31,7 +32,7 @@ from aas_ray.checks import InputError, labels_array, unit_features
 class Views:
     """What a sampler sees of one dataset: features, both clusterings and a similarity.
 
-    ``pair_sim`` maps an (m, 2) array of pairs to sim(u, v) in [0, 1] (SPEC §1: the
+    ``pair_sim`` maps an (m, 2) array of pairs to sim(u, v) in [0, 1] (docs/method.md §1: the
     Jaccard similarity by default, cosine when configured).
     """
 
@@ -53,12 +54,11 @@ class Views:
 
 @dataclass
 class Proposal:
-    """A sampler's answer for one cycle: the pairs to ask and what it saw."""
+    """A sampler's answer for one cycle: the pairs to ask and what it saw (region and pool
+    sizes, the open pool left after dropping settled pairs)."""
 
     draw: PairDraw
     stats: dict = field(default_factory=dict)
-    refined_a: np.ndarray | None = None
-    refined_b: np.ndarray | None = None
 
 
 class PairSampler(Protocol):
@@ -68,7 +68,7 @@ class PairSampler(Protocol):
 
 
 def cosine_pair_sim(features: np.ndarray):
-    """sim(u, v) = max(0, cos) for ``similarity: cosine`` (SPEC §1, [ours])."""
+    """sim(u, v) = max(0, cos) for ``similarity: cosine`` (docs/method.md §1, [ours])."""
 
     def sim(pairs: np.ndarray) -> np.ndarray:
         pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
@@ -79,7 +79,7 @@ def cosine_pair_sim(features: np.ndarray):
 
 @dataclass
 class AASSampler:
-    """Ambiguity-Aware Sampling (paper §3.1, Eqs. 1-6; SPEC §2-6)."""
+    """Ambiguity-Aware Sampling (paper §3.1, Eqs. 1-6; docs/method.md §2-6)."""
 
     epsilon: float = 0.6
     k_max: int = 5
@@ -95,9 +95,10 @@ class AASSampler:
         b = np3(views.labels_b, ml, cl, x)
         region_id = region_index(a, b)
         n_regions = int(region_id.max()) + 1 if region_id.size and region_id.max() >= 0 else 0
-        stats = {"regions": n_regions, "U_os": 0, "U_us": 0, "pool_open": 0}
+        stats = {"regions": n_regions, "largest_region": 0, "U_os": 0, "U_us": 0, "pool_open": 0}
         if n_regions == 0:
-            return Proposal(PairDraw.empty(), stats, a, b)
+            return Proposal(PairDraw.empty(), stats)
+        stats["largest_region"] = int(np.bincount(region_id[region_id >= 0]).max())
         medoids = region_medoids(x, region_id, n_regions)
         os_pairs, os_sim = over_segmentation_pool(x, medoids, self.k_max, self.s_min, views.pair_sim)
         us = under_segmentation_pool(x, a, b, region_id)
@@ -121,7 +122,7 @@ class AASSampler:
         ptype = np.array([""] * len(os_pairs) + [PAIR_TYPES[t] for t in us_type], dtype="<U16")
         stats["pool_open"] = int(pairs.shape[0])
         pick = draw_without_replacement(prob, budget, rng)
-        return Proposal(PairDraw(pairs[pick], pool[pick], ptype[pick], prob[pick]), stats, a, b)
+        return Proposal(PairDraw(pairs[pick], pool[pick], ptype[pick], prob[pick]), stats)
 
 
 @dataclass
@@ -148,7 +149,7 @@ class RandomSampler:
             chosen = merged[np.sort(first)][:want]
         p = np.full(chosen.shape[0], 1.0 / max(total - len(store.annotations), 1))
         draw = PairDraw(chosen, np.full(chosen.shape[0], "random", "<U6"), np.full(chosen.shape[0], "", "<U16"), p)
-        return Proposal(draw, {"regions": 0, "U_os": 0, "U_us": 0, "pool_open": total})
+        return Proposal(draw, {"pool_open": total - len(store.annotations)})
 
 
 SAMPLERS = {"aas": AASSampler, "random": RandomSampler}

@@ -1,4 +1,4 @@
-"""The sampling distribution over U = U_os ∪ U_us (SPEC §6, Eqs. 4-6) and the budget (SPEC §7)."""
+"""The sampling distribution over U = U_os ∪ U_us (docs/method.md §6, Eqs. 4-6) and the budget (docs/method.md §7)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 
 
 def cycle_budget(n: int, budget_fraction: float) -> int:
-    """SPEC §7: B = ceil(budget_fraction * n(n-1)/2) pairs per AL cycle."""
+    """docs/method.md §7: B = ceil(budget_fraction * n(n-1)/2) pairs per AL cycle."""
     if not 0.0 <= budget_fraction <= 1.0:
         raise ValueError(f"budget_fraction must be in [0, 1]; got {budget_fraction}")
     return int(math.ceil(budget_fraction * n * (n - 1) / 2))
@@ -20,7 +20,7 @@ def total_pairs(n: int) -> int:
 
 
 def _normalise(w: np.ndarray) -> np.ndarray:
-    """w / Σw, or uniform when every weight is 0 (SPEC §6: ω uniform when all sims are 0)."""
+    """w / Σw, or uniform when every weight is 0 (docs/method.md §6: ω uniform when all sims are 0)."""
     w = np.asarray(w, dtype=np.float64)
     s = w.sum()
     return w / s if s > 0 else np.full(w.size, 1.0 / max(w.size, 1))

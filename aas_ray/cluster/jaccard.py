@@ -1,4 +1,4 @@
-"""Sparse k-reciprocal Jaccard similarity (SPEC §1; SpCL / Zhong et al. re-ranking).
+"""Sparse k-reciprocal Jaccard similarity (docs/method.md §1; SpCL / Zhong et al. re-ranking).
 
 SpCL's reference builds dense n x n matrices (V, its query expansion, the distance).
 Here every object is a scipy CSR matrix whose rows hold only the k-reciprocal support,
@@ -15,11 +15,17 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 import scipy.sparse as sp
 
 from aas_ray.checks import InputError, unit_features
+from aas_ray.cluster._jaccard_kernels import (
+    expansion_rows,
+    interleave_rows,
+    min_sum_rows,
+    reciprocal_rows,
+    support_dots_rows,
+)
 from aas_ray.cluster.knn import knn_search
 
 log = logging.getLogger(__name__)
@@ -80,63 +86,6 @@ def lookup_csr(m: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarr
     return out
 
 
-@numba.njit(cache=True, nogil=True)
-def _reciprocal_rows(rank, k, a, b, sets, counts):
-    """R(i, k) of SpCL for rows a..b-1: j in the first k+1 ranks of i with i in the first
-    k+1 ranks of j (``k + 1`` capped at the table's width, as SpCL's k1-column rank)."""
-    w = min(k + 1, rank.shape[1])
-    for i in range(a, b):
-        m = 0
-        for s in range(w):
-            j = rank[i, s]
-            for t in range(w):
-                if rank[j, t] == i:
-                    sets[i, m] = j
-                    m += 1
-                    break
-        counts[i] = m
-
-
-@numba.njit(cache=True, nogil=True)
-def _union_into(members, m, taken, i, indices, k, fill):
-    """Add the first m ``members`` not yet taken for row i; returns the next write slot."""
-    for t in range(m):
-        j = members[t]
-        if taken[j] != i:
-            taken[j] = i
-            if fill:
-                indices[k] = j
-            k += 1
-    return k
-
-
-@numba.njit(cache=True, nogil=True)
-def _expansion_rows(full, full_n, half, half_n, a, b, indptr, indices, fill):
-    """Rows a..b-1 of the support: R(i, k1) plus every candidate c's R(c, k1/2) that
-    overlaps R(i, k1) by more than 2/3 of its size (SpCL's expansion, one set per row).
-
-    With ``fill`` False only the row sizes are written (to ``indptr[i + 1]``); with True the
-    members go to ``indices[indptr[i]:]``.
-    """
-    n = full.shape[0]
-    in_full = np.full(n, -1, dtype=np.int64)
-    taken = np.full(n, -1, dtype=np.int64)
-    for i in range(a, b):
-        for s in range(full_n[i]):
-            in_full[full[i, s]] = i
-        k = _union_into(full[i], full_n[i], taken, i, indices, indptr[i] if fill else 0, fill)
-        for s in range(full_n[i]):
-            c = full[i, s]
-            overlap = 0
-            for t in range(half_n[c]):
-                if in_full[half[c, t]] == i:
-                    overlap += 1
-            if overlap > (2.0 / 3.0) * half_n[c]:
-                k = _union_into(half[c], half_n[c], taken, i, indices, k, fill)
-        if not fill:
-            indptr[i + 1] = k
-
-
 def expanded_support(rank: np.ndarray, k1: int) -> sp.csr_matrix:
     """SpCL's k-reciprocal support of every image: R(i, k1) expanded by each candidate's
     R(c, round(k1/2)) overlapping it by > 2/3 (a boolean CSR matrix, rows unsorted)."""
@@ -154,35 +103,14 @@ def expanded_support(rank: np.ndarray, k1: int) -> sp.csr_matrix:
         list(pool.map(lambda ab: fn(ab[0], ab[1]), spans))
 
     with ThreadPoolExecutor(_threads()) as pool:
-        run(lambda a, b: _reciprocal_rows(rank, k1, a, b, full, full_n))
-        run(lambda a, b: _reciprocal_rows(rank, k_half, a, b, half, half_n))
+        run(lambda a, b: reciprocal_rows(rank, k1, a, b, full, full_n))
+        run(lambda a, b: reciprocal_rows(rank, k_half, a, b, half, half_n))
         # Two passes (sizes, then members) so the output is allocated exactly once.
-        run(lambda a, b: _expansion_rows(full, full_n, half, half_n, a, b, indptr, indptr, False))
+        run(lambda a, b: expansion_rows(full, full_n, half, half_n, a, b, indptr, indptr, False))
         np.cumsum(indptr, out=indptr)
         indices = np.empty(int(indptr[-1]), dtype=np.int32)
-        run(lambda a, b: _expansion_rows(full, full_n, half, half_n, a, b, indptr, indices, True))
+        run(lambda a, b: expansion_rows(full, full_n, half, half_n, a, b, indptr, indices, True))
     return sp.csr_matrix((np.ones(indices.size, dtype=np.float32), indices, indptr), shape=(n, n))
-
-
-@numba.njit(cache=True, nogil=True, fastmath=True)
-def _support_dots_rows(x, indptr, indices, knn_idx, knn_sim, out, a, b):
-    """x_i . x_j for the support entries of rows a..b-1: FAISS's score when j is among i's
-    neighbours, otherwise computed in place (x_i stays in cache across its row)."""
-    d = x.shape[1]
-    for i in range(a, b):
-        for p in range(indptr[i], indptr[i + 1]):
-            j = indices[p]
-            found = False
-            for t in range(knn_idx.shape[1]):
-                if knn_idx[i, t] == j:
-                    out[p] = knn_sim[i, t]
-                    found = True
-                    break
-            if not found:
-                acc = np.float32(0.0)
-                for f in range(d):
-                    acc += x[i, f] * x[j, f]
-                out[p] = acc
 
 
 def _support_dots(x: np.ndarray, support: sp.csr_matrix, knn_idx: np.ndarray, knn_sim: np.ndarray) -> np.ndarray:
@@ -193,7 +121,7 @@ def _support_dots(x: np.ndarray, support: sp.csr_matrix, knn_idx: np.ndarray, kn
     args = (x, support.indptr.astype(np.int64), support.indices, np.ascontiguousarray(knn_idx, dtype=np.int64),
             np.ascontiguousarray(knn_sim, dtype=np.float32), dots)
     with ThreadPoolExecutor(_threads()) as pool:
-        list(pool.map(lambda k: _support_dots_rows(*args, bounds[k], bounds[k + 1]), range(bounds.size - 1)))
+        list(pool.map(lambda k: support_dots_rows(*args, bounds[k], bounds[k + 1]), range(bounds.size - 1)))
     return dots
 
 
@@ -212,69 +140,13 @@ def _threads() -> int:
     return max(1, len(os.sched_getaffinity(0)))
 
 
-@numba.njit(cache=True, nogil=True)
-def _min_sum_rows(indptr, indices, data, cindptr, cindices, cdata, a, b, n, s_floor, cap, upper_only, scan_factor):
-    """Rows a..b-1 of s = Σ_c min(V_ic, V_jc), kept where s >= s_floor, as sim = s / (2 - s).
-
-    With ``upper_only`` only j > i is computed: s is symmetric, so each column list of V is
-    entered at the first row above i (a binary search), halving the work, and the lower
-    triangle is its transpose. One dense accumulator with a visit mark per row (the SMMP
-    pattern sparse matrix products use): no sorting of triples, nothing quadratic in n.
-    """
-    acc = np.zeros(n, dtype=np.float32)
-    mark = np.full(n, -1, dtype=np.int64)
-    touched = np.empty(n, dtype=np.int32)  # 32-bit: the per-row sort below is the kernel's largest cost
-    out_ptr = np.zeros(b - a + 1, dtype=np.int64)
-    out_idx = np.empty(cap, dtype=np.int32)
-    out_val = np.empty(cap, dtype=np.float32)
-    k = 0
-    for i in range(a, b):
-        nt = 0
-        for p in range(indptr[i], indptr[i + 1]):
-            c = indices[p]
-            vi = data[p]
-            lo = cindptr[c] + np.searchsorted(cindices[cindptr[c] : cindptr[c + 1]], i + 1) if upper_only else cindptr[c]
-            for q in range(lo, cindptr[c + 1]):
-                j = cindices[q]
-                # Branch-free (about half the triples touch a new column); the accumulator
-                # is all zeros at the start of a row, so a first touch needs no reset.
-                touched[nt] = j
-                nt += mark[j] != i
-                mark[j] = i
-                acc[j] += min(vi, cdata[q])
-        # Keep first, order after: with a floor most touched pairs are dropped (and their
-        # accumulators cleared) before any ordering.
-        kept = 0
-        for t in range(nt):
-            j = touched[t]
-            if acc[j] >= s_floor:
-                touched[kept] = j
-                kept += 1
-            else:
-                acc[j] = 0.0
-        if kept * scan_factor > n:
-            # A dense row (no floor, small n): one ordered scan of the marks beats a sort.
-            for j in range(i + 1 if upper_only else 0, n):
-                if mark[j] == i and acc[j] >= s_floor:  # dropped pairs were cleared to 0 < floor
-                    sj = acc[j]
-                    out_idx[k] = j
-                    out_val[k] = min(sj / (2.0 - sj), 1.0)
-                    k += 1
-        else:
-            for j in np.sort(touched[:kept]):
-                sj = acc[j]
-                out_idx[k] = j
-                out_val[k] = min(sj / (2.0 - sj), 1.0)
-                k += 1
-        for t in range(kept):
-            acc[touched[t]] = 0.0
-        out_ptr[i - a + 1] = k
-    return out_ptr, out_idx[:k], out_val[:k]
-
-
-def jaccard_similarity(v: sp.csr_matrix, min_sim: float = 0.0) -> sp.csr_matrix:
+def jaccard_similarity(v: sp.csr_matrix, min_sim: float = 0.0, scan_factor: int = _SCAN_FACTOR) -> sp.csr_matrix:
     """``sim = 1 - d_J`` from the query-expanded V: rows of V sum to 1, so Σ max = 2 - Σ min
-    and d_J = 1 - s / (2 - s) with s = Σ min. Entries with sim < ``min_sim`` are dropped."""
+    and d_J = 1 - s / (2 - s) with s = Σ min. Entries with sim < ``min_sim`` are dropped.
+
+    ``scan_factor`` only chooses how the kernel orders a row (a row keeping more than
+    n / scan_factor pairs is emitted by one scan, the others by a sort); the result is
+    the same either way."""
     n = v.shape[0]
     vc = v.tocsc()
     vc.sort_indices()
@@ -305,7 +177,7 @@ def jaccard_similarity(v: sp.csr_matrix, min_sim: float = 0.0) -> sp.csr_matrix:
     upper_only = min_sim > 0
     with ThreadPoolExecutor(_threads()) as pool:
         parts = list(pool.map(
-            lambda c: _min_sum_rows(*csr, c[0], c[1], n, s_floor, c[2], upper_only, _SCAN_FACTOR), chunks))
+            lambda c: min_sum_rows(*csr, c[0], c[1], n, s_floor, c[2], upper_only, scan_factor), chunks))
     ptrs, idxs, vals, offset = [np.zeros(1, dtype=np.int64)], [], [], 0
     for ptr, idx, val in parts:
         ptrs.append(ptr[1:] + offset)
@@ -326,24 +198,6 @@ def jaccard_similarity(v: sp.csr_matrix, min_sim: float = 0.0) -> sp.csr_matrix:
     return _symmetric(upper, diag, has & (s_diag >= s_floor))
 
 
-@numba.njit(cache=True, nogil=True)
-def _interleave(indptr, l_ptr, l_idx, l_val, u_ptr, u_idx, u_val, diag, has_diag, indices, data):
-    for i in range(indptr.size - 1):
-        k = indptr[i]
-        for p in range(l_ptr[i], l_ptr[i + 1]):
-            indices[k] = l_idx[p]
-            data[k] = l_val[p]
-            k += 1
-        if has_diag[i]:
-            indices[k] = i
-            data[k] = diag[i]
-            k += 1
-        for p in range(u_ptr[i], u_ptr[i + 1]):
-            indices[k] = u_idx[p]
-            data[k] = u_val[p]
-            k += 1
-
-
 def _symmetric(upper: sp.csr_matrix, diag: np.ndarray, has_diag: np.ndarray) -> sp.csr_matrix:
     """Full CSR from a strict upper triangle and a diagonal, indices sorted.
 
@@ -357,7 +211,7 @@ def _symmetric(upper: sp.csr_matrix, diag: np.ndarray, has_diag: np.ndarray) -> 
     np.cumsum(np.diff(lower.indptr) + np.diff(upper.indptr) + has_diag, out=indptr[1:])
     indices = np.empty(int(indptr[-1]), dtype=np.int32)
     data = np.empty(indices.size, dtype=np.float32)
-    _interleave(indptr, lower.indptr.astype(np.int64), lower.indices, lower.data,
+    interleave_rows(indptr, lower.indptr.astype(np.int64), lower.indices, lower.data,
                 upper.indptr.astype(np.int64), upper.indices, upper.data, diag, has_diag, indices, data)
     sim = sp.csr_matrix((data, indices, indptr), shape=(n, n))
     sim.has_sorted_indices = True
@@ -372,7 +226,7 @@ def jaccard_graph(
     knn: tuple[np.ndarray, np.ndarray] | None = None,
     min_sim: float = 0.0,
 ) -> JaccardGraph:
-    """SPEC §1: the k-reciprocal Jaccard similarity, sparse, equal to SpCL's dense result.
+    """docs/method.md §1: the k-reciprocal Jaccard similarity, sparse, equal to SpCL's dense result.
 
     ``knn`` may pass a precomputed ``(sims, idx)`` with at least ``k1`` columns (self first).
     ``min_sim`` drops pairs below that similarity (treated as sim 0, d_J = 1). With 0

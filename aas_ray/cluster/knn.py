@@ -1,4 +1,4 @@
-"""Exact kNN with FAISS (SPEC §1): GPU index when CUDA is present, CPU otherwise."""
+"""Exact kNN with FAISS (docs/method.md §1): GPU index when CUDA is present, CPU otherwise."""
 
 from __future__ import annotations
 

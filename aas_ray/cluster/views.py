@@ -1,13 +1,13 @@
-"""The two clustering views (SPEC §2): A = DBSCAN on d_J, B = FINCH on cosine distance."""
+"""The two clustering views (docs/method.md §1-2): A = DBSCAN on d_J, B = FINCH on cosine distance."""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import logging
-from concurrent.futures import ThreadPoolExecutor
-
 import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
@@ -19,7 +19,8 @@ with warnings.catch_warnings():
 from sklearn.cluster import DBSCAN
 
 from aas_ray.checks import InputError
-from aas_ray.cluster.jaccard import JaccardGraph
+from aas_ray.cluster.jaccard import JaccardGraph, jaccard_graph
+from aas_ray.cluster.knn import knn_search
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ def _dbscan(d: sp.csr_matrix, eps: float, min_samples: int) -> np.ndarray:
 
 
 def dbscan_view(graph: JaccardGraph, eps: float = 0.6, min_samples: int = 4) -> np.ndarray:
-    """View A (SPEC §2): DBSCAN on the sparse precomputed Jaccard distance; -1 = noise."""
+    """View A (docs/method.md §2): DBSCAN on the sparse precomputed Jaccard distance; -1 = noise."""
     if not 0.0 < eps < 1.0:
         raise InputError(f"DBSCAN eps must be in (0, 1) for a Jaccard distance; got {eps}")
     return _dbscan(_eps_graph(graph, eps), eps, min_samples)
@@ -123,7 +124,7 @@ def finch_partitions(
 
 
 def choose_partition(num_clusters: list[int], partition: str | int, target: int) -> int:
-    """``auto``: the level whose cluster count is closest to ``target`` (SPEC §2, [ours]);
+    """``auto``: the level whose cluster count is closest to ``target`` (docs/method.md §2, [ours]);
     an integer picks a level directly (0 = finest), clipped to the levels FINCH found."""
     if partition == "auto":
         return int(np.argmin([abs(k - target) for k in num_clusters]))
@@ -133,44 +134,63 @@ def choose_partition(num_clusters: list[int], partition: str | int, target: int)
     return min(level, len(num_clusters) - 1)
 
 
-def finch_view(
+@dataclass
+class ClusterViews:
+    """One clustering of the embedding space (docs/method.md §1-2): the Jaccard graph, the
+    DBSCAN radius used, view A, and when asked for, view B (FINCH) and SpCL's self-paced
+    views A at eps - gap (``tight``) and eps + gap (``loose``)."""
+
+    graph: JaccardGraph
+    eps: float
+    labels_a: np.ndarray
+    labels_b: np.ndarray | None = None
+    tight: np.ndarray | None = None
+    loose: np.ndarray | None = None
+    finch_level: int | None = None
+
+
+def build_views(
     x: np.ndarray,
-    partition: str | int = "auto",
-    target_clusters: int | None = None,
-    first_neighbour: np.ndarray | None = None,
-    ann_threshold: int = 5000,
-) -> np.ndarray:
-    """View B: one FINCH partition. ``auto`` needs ``target_clusters`` (view A's cluster count,
-    noise excluded)."""
-    parts, counts = finch_partitions(x, first_neighbour, ann_threshold)
-    if partition == "auto" and target_clusters is None:
-        raise InputError("finch_partition 'auto' needs view A's cluster count")
-    level = choose_partition(counts, partition, target_clusters or 0)
-    log.debug("FINCH levels %s, chose level %d", counts, level)
-    return parts[:, level]
+    *,
+    k1: int = 30,
+    k2: int = 6,
+    eps: float | str = 0.6,
+    min_samples: int = 4,
+    jaccard_min_sim: float = 0.01,
+    finch_partition: str | int = "auto",
+    finch_ann_threshold: int = 5000,
+    eps_gap: float = 0.02,
+    self_paced: bool = False,
+    need_b: bool = True,
+    use_gpu: bool | None = None,
+) -> ClusterViews:
+    """The one view builder (docs/method.md §1-2) of unit features ``x``.
 
-
-def cluster_views(x: np.ndarray, cfg, use_gpu: bool | None = None) -> tuple[JaccardGraph, np.ndarray, np.ndarray]:
-    """Views A and B of unit features ``x`` with the ``cluster`` config section (SPEC §1-2).
-
-    After the shared kNN search, view A (Jaccard + DBSCAN) and FINCH's hierarchy are built
-    concurrently (both release the GIL in their heavy parts); FINCH's level is then
-    chosen against A's cluster count.
+    One exact kNN search feeds both views: the k-reciprocal Jaccard graph and DBSCAN
+    (view A) are built concurrently with FINCH's hierarchy (both release the GIL in their
+    heavy parts), whose level is then chosen against A's cluster count. ``self_paced`` also
+    builds SpCL's views at eps ∓ ``eps_gap`` (docs/method.md §10); ``need_b=False`` skips
+    FINCH (epochs without an AL cycle need only view A).
     """
-    from aas_ray.cluster.jaccard import jaccard_graph
-    from aas_ray.cluster.knn import knn_search
-
-    knn = knn_search(x, cfg.k1, use_gpu=use_gpu)
+    knn = knn_search(x, k1, use_gpu=use_gpu)
 
     def view_a():
-        graph = jaccard_graph(x, cfg.k1, cfg.k2, use_gpu=use_gpu, knn=knn, min_sim=cfg.jaccard_min_sim)
-        return graph, dbscan_view(graph, resolve_eps(graph, cfg.eps, cfg.min_samples), cfg.min_samples)
+        graph = jaccard_graph(x, k1, k2, use_gpu=use_gpu, knn=knn, min_sim=jaccard_min_sim)
+        radius = resolve_eps(graph, eps, min_samples)
+        return graph, radius, dbscan_view(graph, radius, min_samples)
 
     with ThreadPoolExecutor(2) as pool:
         fa = pool.submit(view_a)
-        fb = pool.submit(finch_partitions, x, first_non_self_neighbour(knn[1]), cfg.finch_ann_threshold)
-        graph, a = fa.result()
-        parts, counts = fb.result()
-    n_a = int(np.unique(a[a >= 0]).size)
-    level = choose_partition(counts, cfg.finch_partition, max(n_a, 1))
-    return graph, a, parts[:, level]
+        fb = pool.submit(finch_partitions, x, first_non_self_neighbour(knn[1]), finch_ann_threshold) if need_b else None
+        graph, radius, a = fa.result()
+        views = ClusterViews(graph, radius, a)
+        if self_paced:
+            views.tight = dbscan_view(graph, max(radius - eps_gap, 1e-3), min_samples)
+            views.loose = dbscan_view(graph, min(radius + eps_gap, 0.999), min_samples)
+        if fb is not None:
+            parts, counts = fb.result()
+            n_a = int(np.unique(a[a >= 0]).size)
+            views.finch_level = choose_partition(counts, finch_partition, max(n_a, 1))
+            log.debug("FINCH levels %s, chose level %d", counts, views.finch_level)
+            views.labels_b = parts[:, views.finch_level]
+    return views

@@ -1,4 +1,4 @@
-"""Datasets (issue: foundation §2, §4, §5): catalogues, sources, the synthetic default, images."""
+"""Datasets: catalogues, sources, the synthetic default, images."""
 
 from aas_ray.data.catalogue import Catalogue, DatasetError
 from aas_ray.data.registry import REGISTRY, describe_datasets, load_catalogue

@@ -1,5 +1,5 @@
 """Images for training and feature extraction: a torch Dataset over a catalogue with
-SpCL's augmentations (SPEC §10), upfront image checks, and the PK sampler."""
+SpCL's augmentations (docs/method.md §10), upfront image checks, and the PK sampler."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from torch.utils.data import Dataset, Sampler
 from torchvision import transforms as T
 
 from aas_ray.data.catalogue import Catalogue, DatasetError
+from aas_ray.grouping import Groups
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,7 @@ class CatalogueImages(Dataset):
 
 
 class PKSampler(Sampler):
-    """Batches of P pseudo-identities x K images (SPEC §10), ``iters`` batches per epoch.
+    """Batches of P pseudo-identities x K images (docs/method.md §10), ``iters`` batches per epoch.
 
     Labels are pseudo-labels: every image with its own label (an un-clustered instance)
     is a class of one and is repeated K times when drawn, as SpCL does.
@@ -128,10 +129,7 @@ class PKSampler(Sampler):
         self.p = max(1, batch_size // k)
         self.iters = iters
         self.rng = np.random.default_rng(seed)
-        uniq, inv = np.unique(self.labels, return_inverse=True)
-        order = np.argsort(inv, kind="stable")
-        bounds = np.searchsorted(inv[order], np.arange(uniq.size + 1))
-        self.groups = [order[s:e] for s, e in zip(bounds[:-1], bounds[1:])]
+        self.groups = list(Groups.of_labels(self.labels)[0])
         multi = [g for g in self.groups if g.size > 1]
         # Prefer real clusters as anchors, as SpCL's sampler does; instances fill in.
         self.anchor_groups = multi if len(multi) >= self.p else self.groups

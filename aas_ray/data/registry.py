@@ -36,7 +36,7 @@ register(Source(
     description="94 lions, 740 crops (Dlamini & van Zyl 2020)",
 ))
 for _name in PAPER_DATASETS:
-    register(Source(_name, "wr10k", members=[_name], description="SPEC §12 benchmark set (WildlifeReID-10k)"))
+    register(Source(_name, "wr10k", members=[_name], description="docs/method.md §12 benchmark set (WildlifeReID-10k)"))
 
 
 def _root(cfg_root: str | None, source: Source) -> Path:

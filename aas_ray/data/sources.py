@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 SPLIT_DIRS = {"train": "train", "val": "test", "valid": "test", "test": "test", "query": "test", "gallery": "train"}
 
-# SPEC §12: the 13 WildlifeReID-10k datasets of the paper's Table 1.
+# docs/method.md §12: the 13 WildlifeReID-10k datasets of the paper's Table 1.
 PAPER_DATASETS = (
     "AmvrakikosTurtles", "CatIndividualImages", "Chicks4FreeID", "CowDataset", "DogFaceNet", "MPDD",
     "MultiCamCows2024", "PolarBearVidID", "PrimFace", "ReunionTurtles", "SeaStarReID2023",
@@ -125,7 +125,6 @@ class Source:
     kind: str  # synthetic | folder | csv | wildlife | wr10k
     wildlife_class: str | None = None
     members: list[str] = field(default_factory=list)
-    default_root: str | None = None
     subdir: str | None = None  # LionData-style fixed layout below the root
     # The folder split of some sets (LionData's train/val) has disjoint identities, so it
     # cannot give known queries; wildlife_datasets reports no split for them either.

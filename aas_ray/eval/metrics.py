@@ -1,18 +1,18 @@
-"""Evaluation metrics of SPEC §11: open-set retrieval and pseudo-label quality. Vectorised."""
+"""Evaluation metrics of docs/method.md §11: open-set retrieval and pseudo-label quality. Vectorised."""
 
 from __future__ import annotations
 
 import numpy as np
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score, roc_auc_score
 
-from aas_ray.al.regions import singletons_to_clusters
+from aas_ray.grouping import singletons_to_clusters
 from aas_ray.checks import InputError, labels_array
 
 TOPK = (1, 3, 5, 10)
 
 
 def retrieval_metrics(sim: np.ndarray, query_ids, gallery_ids, topk=TOPK) -> dict[str, float]:
-    """mAP, mINP, Top-k, BAKS and AUC-ROC for queries against a gallery (SPEC §11).
+    """mAP, mINP, Top-k, BAKS and AUC-ROC for queries against a gallery (docs/method.md §11).
 
     ``sim`` is (n_query, n_gallery), larger = more similar. A query is *known* when its
     identity is in the gallery: mAP, mINP, Top-k and BAKS use known queries only;
@@ -76,7 +76,7 @@ def pair_counts(pred: np.ndarray, true: np.ndarray) -> tuple[float, float, float
 
 
 def clustering_metrics(pred_labels, true_labels) -> dict[str, float]:
-    """Pseudo-label quality (SPEC §11): NMI, ARI, pairwise precision / recall / F1,
+    """Pseudo-label quality (docs/method.md §11): NMI, ARI, pairwise precision / recall / F1,
     cluster and outlier counts. Noise (-1) counts as singleton clusters."""
     pred = labels_array(pred_labels, name="pseudo-labels")
     true = np.asarray(true_labels)

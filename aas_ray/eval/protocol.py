@@ -1,4 +1,4 @@
-"""The open-set evaluation protocol of SPEC §11 (paper §4, "Experimental Protocol")."""
+"""The open-set evaluation protocol of docs/method.md §11 (paper §4, "Experimental Protocol")."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from aas_ray.checks import InputError, unit_features
+from aas_ray.grouping import Groups
 
 
 def identity_aware_split(identities, test_fraction: float, seed: int) -> np.ndarray:
@@ -19,11 +20,7 @@ def identity_aware_split(identities, test_fraction: float, seed: int) -> np.ndar
     ids = np.asarray(identities)
     rng = np.random.default_rng(seed)
     is_test = np.zeros(ids.size, dtype=bool)
-    uniq, inv = np.unique(ids, return_inverse=True)
-    order = np.argsort(inv, kind="stable")
-    bounds = np.searchsorted(inv[order], np.arange(uniq.size + 1))
-    for s, e in zip(bounds[:-1], bounds[1:]):
-        members = order[s:e]
+    for members in Groups.of_labels(ids)[0]:
         if members.size < 2:
             continue
         k = int(np.clip(round(test_fraction * members.size), 1, members.size - 1))
@@ -33,7 +30,7 @@ def identity_aware_split(identities, test_fraction: float, seed: int) -> np.ndar
 
 @dataclass
 class OpenSetSplit:
-    """Indices into the catalogue for each role (SPEC §11)."""
+    """Indices into the catalogue for each role (docs/method.md §11)."""
 
     train: np.ndarray  # unlabeled training images: train split of known identities
     gallery: np.ndarray  # up to ``gallery_size`` exemplars per known identity (from train)
@@ -61,7 +58,7 @@ def open_set_split(
     gallery_size: int = 5,
     features: np.ndarray | None = None,
 ) -> OpenSetSplit:
-    """SPEC §11: query = test; 20% of training identities held out as unknown (seeded);
+    """docs/method.md §11: query = test; 20% of training identities held out as unknown (seeded);
     gallery = up to ``gallery_size`` exemplars of each other identity, chosen by feature
     similarity (``features`` of all catalogue rows; random when ``None``).
 
@@ -96,13 +93,7 @@ def open_set_split(
             "identity-aware split)"
         )
     train = np.flatnonzero(~test & np.isin(ids, known))
-    gallery = []
-    t_ids = ids[train]
-    order = np.argsort(t_ids, kind="stable")
-    uniq, starts = np.unique(t_ids[order], return_index=True)
-    bounds = np.r_[starts, order.size]
-    for s, e in zip(bounds[:-1], bounds[1:]):
-        gallery.append(select_exemplars(train[order[s:e]], x, gallery_size, rng))
+    gallery = [select_exemplars(train[m], x, gallery_size, rng) for m in Groups.of_labels(ids[train])[0]]
     return OpenSetSplit(
         train=train,
         gallery=np.sort(np.concatenate(gallery)),

@@ -1,4 +1,4 @@
-"""Append-only persistence of oracle answers (SPEC §8): a crash loses none of them.
+"""Append-only persistence of oracle answers (docs/method.md §8): a crash loses none of them.
 
 One JSON object per line, flushed and fsynced as each answer arrives. A crash can at
 worst leave a torn last line, which loading skips with a warning; damage anywhere

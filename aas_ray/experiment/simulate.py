@@ -1,71 +1,42 @@
-"""Embedding-only AL simulation: N cycles on frozen features with the simulated oracle.
+"""Embedding-only AL: cycles on frozen features with the simulated oracle (docs/method.md §12).
 
-The fast path for sensitivity studies: no training, so one cycle costs one clustering.
+The fast path for sensitivity studies: no training, so one cycle costs one NP3 and one
+sampling; the views are built once and shared by every strategy. Each strategy gets the
+same views, the same per-cycle budget and the same seed, and runs the same
+:class:`~aas_ray.experiment.cycle.ALCycle` as training does.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from aas_ray.al import AASSampler, ConstraintStore, SimulatedOracle, Views, cycle_budget, make_sampler, np3, total_pairs
-from aas_ray.al.sampling import PairDraw
-from aas_ray.al.samplers import cosine_pair_sim
+from aas_ray.al import ConstraintStore, SimulatedOracle
 from aas_ray.checks import InputError, unit_features
-from aas_ray.cluster import cluster_views
+from aas_ray.cluster import ClusterViews, build_views
 from aas_ray.eval import clustering_metrics
 from aas_ray.experiment.annotations import AnnotationJournal
+from aas_ray.experiment.cycle import SAMPLED, ALCycle
+from aas_ray.experiment.labels import label_diagnostics, refine
 
 log = logging.getLogger(__name__)
 
 
-def sampler_for(cfg, strategy: str):
-    al = cfg.al
-    return make_sampler(strategy, epsilon=al.epsilon, k_max=al.k_max, s_min=al.s_min, pi=al.pi)
-
-
-def views_for(x: np.ndarray, cfg):
-    graph, a, b = cluster_views(x, cfg.cluster)
-    sim = graph.pair_sim if cfg.cluster.similarity == "jaccard" else cosine_pair_sim(x)
-    return Views(x, a, b, sim)
-
-
-@dataclass
-class CycleRecord:
-    draw: PairDraw
-    stats: dict
-
-
-def run_cycle(views: Views, store: ConstraintStore, sampler, oracle, budget: int, rng, cycle: int,
-              journal: AnnotationJournal | None = None) -> CycleRecord:
-    """One AL cycle (Algorithm 1 step 1 + oracle): propose, ask, record."""
-    prop = sampler.propose(views, store, budget, rng)
-    answers = oracle.answer(prop.draw.pairs)
-    if journal is not None:
-        journal.record(store, prop.draw.pairs, answers, cycle, f"simulated:{sampler.name}")
-    else:
-        for (u, v), ans in zip(prop.draw.pairs, answers):
-            store.add(int(u), int(v), int(ans), cycle, f"simulated:{sampler.name}")
-    stats = dict(prop.stats)
-    stats["pairs_asked"] = len(prop.draw)
-    stats["answers"] = answers
-    return CycleRecord(prop.draw, stats)
-
-
-def refined_quality(views: Views, store: ConstraintStore, truth: np.ndarray) -> dict:
-    refined = np3(views.labels_a, store.must_links(), store.cannot_links(), views.features)
-    return clustering_metrics(refined, truth)
+def quality(views: ClusterViews, store: ConstraintStore, x: np.ndarray, truth: np.ndarray) -> dict:
+    """NP3-refined view A against the truth, and the pair quality of each stage."""
+    refined = refine(views.labels_a, store, x)
+    return {**clustering_metrics(refined, truth), **label_diagnostics(views.labels_a, store, refined, None, truth)}
 
 
 def simulate(x: np.ndarray, truth: np.ndarray, cfg, strategies=("aas", "random"), cycles: int | None = None,
-             out_dir: Path | None = None, views: Views | None = None) -> pd.DataFrame:
-    """Per strategy and cycle: NP3-refined view-A quality, regions, pools, pairs, ML:CL, budget.
+             out_dir: Path | None = None, views: ClusterViews | None = None) -> pd.DataFrame:
+    """Per strategy and cycle: pseudo-label quality after NP3, regions, pools, yields, budget.
 
-    Every strategy gets the same views, the same per-cycle budget and the same seed.
+    ``none`` is the reference (view A with no answers). With ``out_dir`` each strategy's
+    answers (``annotations-<s>.jsonl``) and asked pairs (``pairs-<s>.csv``) are written there.
     """
     x = unit_features(x)
     truth = np.asarray(truth)
@@ -73,82 +44,58 @@ def simulate(x: np.ndarray, truth: np.ndarray, cfg, strategies=("aas", "random")
         raise InputError(f"{x.shape[0]} feature rows but {truth.size} labels")
     if np.unique(truth).size < 2:
         raise InputError("simulation needs at least 2 identities in the ground truth")
+    bad = [s for s in strategies if s not in (*SAMPLED, "none")]
+    if bad:
+        raise InputError(f"strategy {bad[0]!r} cannot be simulated on frozen features; use one of "
+                         f"{(*SAMPLED, 'none')} (the supervised skyline needs training: aas-ray run)")
     n = x.shape[0]
     cycles = cfg.al.cycles if cycles is None else cycles
-    budget = cycle_budget(n, cfg.al.budget_fraction)
-    views = views or views_for(x, cfg)
+    views = views or build_views(x, **cfg.cluster.view_params())
     rows = []
     for strategy in strategies:
-        rng = np.random.default_rng(cfg.seed)
-        sampler = sampler_for(cfg, strategy)
-        oracle = SimulatedOracle(truth, cfg.al.oracle_noise, cfg.seed)
         store = ConstraintStore(n)
-        journal = AnnotationJournal(out_dir / f"annotations-{strategy}.jsonl") if out_dir else None
-        if journal is not None and journal.path.exists():
-            journal.path.unlink()
-        base = refined_quality(views, store, truth)
         rows.append({"strategy": strategy, "cycle": 0, "pairs_asked": 0, "must_link": 0, "cannot_link": 0,
-                     "ml_cl_ratio": float("nan"), "utilised_budget": 0.0, "regions": np.nan, "U_os": np.nan,
-                     "U_us": np.nan, **base})
-        pair_rows = []
+                     "utilised_budget": 0.0, **quality(views, store, x, truth)})
+        if strategy == "none":
+            continue
+        one = cfg.model_copy(deep=True)
+        one.al.strategy = strategy
+        journal = pairs_log = None
+        if out_dir is not None:
+            journal = AnnotationJournal(out_dir / f"annotations-{strategy}.jsonl")
+            pairs_log = out_dir / f"pairs-{strategy}.csv"
+            for stale in (journal.path, pairs_log):
+                stale.unlink(missing_ok=True)
+        al = ALCycle(one, n, store, np.random.default_rng(cfg.seed),
+                     SimulatedOracle(truth, cfg.al.oracle_noise, cfg.seed), journal, pairs_log)
         for c in range(1, cycles + 1):
-            rec = run_cycle(views, store, sampler, oracle, budget, rng, c, journal)
-            counts = store.counts()
-            q = refined_quality(views, store, truth)
-            rows.append({
-                "strategy": strategy, "cycle": c, "pairs_asked": rec.stats["pairs_asked"],
-                "must_link": counts["must_link"], "cannot_link": counts["cannot_link"],
-                "ml_cl_ratio": counts["must_link"] / max(counts["cannot_link"], 1),
-                "utilised_budget": counts["asked"] / total_pairs(n),
-                "regions": rec.stats["regions"], "U_os": rec.stats["U_os"], "U_us": rec.stats["U_us"], **q,
-            })
-            pair_rows.append(pd.DataFrame({
-                "cycle": c, "u": rec.draw.pairs[:, 0], "v": rec.draw.pairs[:, 1], "pool": rec.draw.pool,
-                "pair_type": rec.draw.pair_type, "probability": rec.draw.probability, "answer": rec.stats["answers"],
-            }))
-            log.info("%s cycle %d: asked %d, NMI %.4f, ARI %.4f, pair F1 %.4f, regions %s", strategy, c,
-                     rec.stats["pairs_asked"], q["nmi"], q["ari"], q["pair_f1"], rec.stats["regions"])
-        if out_dir is not None and pair_rows:
-            pd.concat(pair_rows).to_csv(out_dir / f"pairs-{strategy}.csv", index=False)
+            row = al.run(c, x, views).row
+            q = quality(views, store, x, truth)
+            rows.append({"strategy": strategy, **row, **q})
+            log.info("%s cycle %d: asked %d, NMI %.4f, ARI %.4f, pair F1 %.4f", strategy, c, row["pairs_asked"],
+                     q["nmi"], q["ari"], q["pair_f1"])
     table = pd.DataFrame(rows)
-    table.attrs["budget_per_cycle"] = budget
+    table.attrs["budget_per_cycle"] = cfg.al.cycle_budget(n)
     return table
 
 
-def _load_labels(path: str) -> np.ndarray:
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"labels file not found: {p}")
-    if p.suffix == ".npy":
-        return np.load(p, allow_pickle=False)
-    return np.array([line.strip() for line in p.read_text().splitlines() if line.strip()])
-
-
-def run_simulation_cli(args, cfg) -> int:
-    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
-    if args.features:
-        if not args.labels:
-            raise InputError("--features needs --labels (the ground-truth identity of each row)")
-        fp = Path(args.features)
-        if not fp.is_file():
-            raise InputError(f"features file not found: {fp}")
-        x, truth, name = np.load(fp, allow_pickle=False), _load_labels(args.labels), fp.stem
+def load_features(features: str, labels: str) -> tuple[np.ndarray, np.ndarray]:
+    """Features (.npy, n x d) and ground-truth identities (.npy, or one label per line)."""
+    fp, lp = Path(features), Path(labels)
+    for p, what in ((fp, "features"), (lp, "labels")):
+        if not p.is_file():
+            raise InputError(f"{what} file not found: {p}")
+    try:
+        x = np.load(fp, allow_pickle=False)
+    except (ValueError, OSError) as err:
+        raise InputError(f"{fp} is not a numeric .npy array of features (n, d): {err}") from None
+    if not np.issubdtype(x.dtype, np.number):
+        raise InputError(f"{fp} holds {x.dtype} values, not numbers; features must be a numeric (n, d) array")
+    if lp.suffix == ".npy":
+        try:
+            y = np.load(lp, allow_pickle=False)
+        except (ValueError, OSError) as err:
+            raise InputError(f"{lp} is not a .npy array of labels: {err}") from None
     else:
-        from aas_ray.experiment.setup import make_split, prepare_data
-        from aas_ray.experiment.zeroshot import dataset_features
-
-        data = prepare_data(cfg)
-        feats = dataset_features(cfg, data)
-        split = make_split(cfg, data, feats)
-        x, truth, name = feats[split.train], data.identities[split.train], cfg.data.name
-    out = Path(args.out) if args.out else Path(cfg.output_dir) / f"simulate-{name}"
-    out.mkdir(parents=True, exist_ok=True)
-    table = simulate(x, truth, cfg, strategies, args.cycles, out)
-    table.to_csv(out / "cycles.csv", index=False)
-    cols = ["strategy", "cycle", "pairs_asked", "ml_cl_ratio", "utilised_budget", "regions", "U_os", "U_us",
-            "nmi", "ari", "pair_f1", "clusters", "outliers"]
-    with pd.option_context("display.width", 200, "display.max_columns", 20):
-        print(f"dataset {name}: n={x.shape[0]}, budget {table.attrs['budget_per_cycle']} pairs per cycle")
-        print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    log.info("cycle table, asked pairs and annotation journals written to %s", out)
-    return 0
+        y = np.array([line.strip() for line in lp.read_text().splitlines() if line.strip()])
+    return x, y

@@ -1,4 +1,4 @@
-"""SpCL's pieces (Ge et al., NeurIPS 2020; SPEC §10): the hybrid memory with its
+"""SpCL's pieces (Ge et al., NeurIPS 2020; docs/method.md §10): the hybrid memory with its
 contrastive loss, and the self-paced reliability criteria on pseudo-labels."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aas_ray.al.regions import dense_ids
+from aas_ray.grouping import dense_ids
 
 
 class HybridMemory(nn.Module):
@@ -80,7 +80,7 @@ def self_paced_labels(
     labels: np.ndarray, tight: np.ndarray, loose: np.ndarray, indep_thres: float | None,
     protected: np.ndarray | None = None,
 ) -> tuple[np.ndarray, float, dict]:
-    """SpCL's reliability criteria (SPEC §10): a sample keeps its cluster only if its cluster
+    """SpCL's reliability criteria (docs/method.md §10): a sample keeps its cluster only if its cluster
     is independent (R_indep vs the loose clustering within ``indep_thres``) and the sample
     is compact (R_comp vs the tight clustering as good as the cluster's best); otherwise it
     becomes an instance class. ``protected`` samples (held by an ML constraint) are never

@@ -11,6 +11,10 @@ class Tracker(Protocol):
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
 
+    def log_metrics_once(self, metrics: dict[str, float], step: int) -> None:
+        """Log unless these metrics are already recorded at ``step`` (a resumed run re-sends
+        what it saved before a kill, and must not record a step twice)."""
+
     def log_artifact(self, path: Path, subdir: str | None = None) -> None: ...
 
 
@@ -27,6 +31,10 @@ class NullTracker:
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         self.metrics.append((step, dict(metrics)))
+
+    def log_metrics_once(self, metrics: dict[str, float], step: int) -> None:
+        if not any(s == step and set(m) == set(metrics) for s, m in self.metrics):
+            self.log_metrics(metrics, step)
 
     def log_artifact(self, path: Path, subdir: str | None = None) -> None:
         self.artifacts.append(Path(path))

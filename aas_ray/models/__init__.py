@@ -1,4 +1,4 @@
-"""Backbones and feature extraction (foundation issue §5)."""
+"""Backbones and feature extraction: timm models, offline weights, the feature cache."""
 
 from aas_ray.models.backbone import ModelError, ReIDNet, build_model, resolve_device
 from aas_ray.models.features import FeatureCache, extract_features

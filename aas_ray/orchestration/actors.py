@@ -9,11 +9,14 @@ actor was given one.
 
 from __future__ import annotations
 
-import json
 import logging
+from typing import TYPE_CHECKING
 
 import numpy as np
 import ray
+
+if TYPE_CHECKING:
+    from aas_ray.config import ClusterConfig, Config
 
 log = logging.getLogger(__name__)
 
@@ -33,32 +36,26 @@ class ClusteringActor:
         return {"name": self.name, "n": int(self.x.shape[0]), "d": int(self.x.shape[1]),
                 "cached_views": len(self._views)}
 
-    def views(self, cluster_cfg: dict):
-        """(JaccardGraph, labels_a, labels_b) for this clustering config, computed once."""
-        from aas_ray.cluster import cluster_views
-        from aas_ray.config import ClusterConfig
+    def views(self, cluster: "ClusterConfig"):
+        """The dataset's views for this clustering config, built once."""
+        from aas_ray.cluster import build_views
 
-        key = json.dumps(cluster_cfg, sort_keys=True)
+        key = cluster.model_dump_json()
         if key not in self._views:
-            self._views[key] = cluster_views(self.x, ClusterConfig.model_validate(cluster_cfg))
+            self._views[key] = build_views(self.x, **cluster.view_params())
         return self._views[key]
 
-    def epoch_views(self, x: np.ndarray, cluster_cfg: dict, need_b: bool):
+    def epoch_views(self, x: np.ndarray, cfg: "Config", need_b: bool):
         """The trainer's per-epoch clustering of its memory features (nothing cached: they move)."""
-        from aas_ray.experiment.trainer import epoch_views
+        from aas_ray.experiment.trainer import build_views_local
 
-        return epoch_views(x, cluster_cfg, need_b)
+        return build_views_local(x, cfg, need_b)
 
-    def simulate(self, cfg_json: str, strategies: list[str], cycles: int | None) -> "object":
-        """An embedding-only simulation on this dataset with cached views (returns the table)."""
-        from aas_ray.al.samplers import Views, cosine_pair_sim
-        from aas_ray.config import Config
+    def simulate(self, cfg: "Config", strategies: list[str], cycles: int | None):
+        """An embedding-only simulation on this dataset with its cached views (returns the table)."""
         from aas_ray.experiment.simulate import simulate
 
-        cfg = Config.model_validate_json(cfg_json)
-        graph, a, b = self.views(cfg.cluster.model_dump(mode="json"))
-        sim = graph.pair_sim if cfg.cluster.similarity == "jaccard" else cosine_pair_sim(self.x)
-        return simulate(self.x, self.truth, cfg, strategies, cycles, views=Views(self.x, a, b, sim))
+        return simulate(self.x, self.truth, cfg, strategies, cycles, views=self.views(cfg.cluster))
 
 
 class ActorClusterer:
@@ -67,8 +64,8 @@ class ActorClusterer:
     def __init__(self, actor):
         self.actor = actor
 
-    def __call__(self, x: np.ndarray, cluster_cfg: dict, need_b: bool):
-        return ray.get(self.actor.epoch_views.remote(x, cluster_cfg, need_b))
+    def __call__(self, x: np.ndarray, cfg: "Config", need_b: bool):
+        return ray.get(self.actor.epoch_views.remote(x, cfg, need_b))
 
 
 def actor_name(study: str, dataset: str) -> str:

@@ -23,8 +23,10 @@ import torch.distributed as dist
 from ray.train import Checkpoint, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer, prepare_model
 
+from aas_ray.checks import InputError
 from aas_ray.config import Config
-from aas_ray.experiment.trainer import RunState, SpCLTrainer
+from aas_ray.experiment.checkpoint import RunState
+from aas_ray.experiment.trainer import SpCLTrainer
 from aas_ray.experiment.tracking import NullTracker
 from aas_ray.models import extract_features
 
@@ -35,12 +37,24 @@ CHECKPOINT_FILES = ("checkpoint.pt", "state.json", "annotations.jsonl", "pairs.c
 
 class DistributedSpCLTrainer(SpCLTrainer):
     def __init__(self, cfg: Config, run_dir: Path, tracker, rank: int, world: int):
-        super().__init__(cfg, run_dir, tracker if rank == 0 else NullTracker(), progress=False)
+        if cfg.train.batch_size % (cfg.train.num_instances * world):
+            raise InputError(f"train.batch_size ({cfg.train.batch_size}) must be a multiple of num_instances x "
+                             f"workers ({cfg.train.num_instances} x {world})")
         self.rank, self.world = rank, world
-        self.device = ray.train.torch.get_device()
+        super().__init__(cfg, run_dir, tracker if rank == 0 else NullTracker(), progress=False,
+                         device=ray.train.torch.get_device())
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
 
     def wrap_model(self, model):
         return prepare_model(model, move_to_device=False)
+
+    def my_batches(self, batches):
+        """The same global PK batches on every worker; each trains on its slice of each batch."""
+        per = self.cfg.train.batch_size // self.world
+        return [b[self.rank * per:(self.rank + 1) * per] for b in batches]
 
     def _gather(self, t: torch.Tensor) -> torch.Tensor:
         parts = [torch.empty_like(t) for _ in range(self.world)]
@@ -61,13 +75,15 @@ class DistributedSpCLTrainer(SpCLTrainer):
         return self._gather(buf).cpu().numpy()[:n]
 
     def epoch_labels(self, epoch: int):
+        """Rank 0 clusters, runs the cycle and refines; every rank gets the same labels, or
+        the same pause when the cycle's pairs wait for a person."""
         box = [None]
         if self.is_main:
-            labels, metrics = self.pseudo_labels(epoch)
-            box = [(labels, metrics, self.state.indep_thres, self.state.cycles)]
+            got = self.pseudo_labels(epoch)
+            box = [(got, self.state.indep_thres, self.state.cycles)]
         dist.broadcast_object_list(box, src=0)
-        labels, metrics, self.state.indep_thres, self.state.cycles = box[0]
-        return labels, metrics
+        got, self.state.indep_thres, self.state.cycles = box[0]
+        return got
 
     def end_epoch(self, epoch: int, metrics: dict) -> None:
         numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
@@ -103,7 +119,9 @@ def train_loop_per_worker(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     cfg = Config.model_validate_json(config["cfg"])
     run_dir = Path(config["run_dir"])
-    if rank == 0:
+    if ctx.get_local_rank() == 0:
+        # Every node needs the last checkpoint in its run folder: each rank loads its own
+        # copy of the model, memory and optimiser state from it.
         run_dir.mkdir(parents=True, exist_ok=True)
         _restore(run_dir)
     dist.barrier()

@@ -1,4 +1,12 @@
-"""``aas-ray run``: train each requested strategy, tracked in MLflow, resumable."""
+"""``aas-ray run``: train each requested strategy, tracked in MLflow, resumable, and read
+against the bounds (plain SpCL and the supervised skyline on the same schedule).
+
+Order of work, so that bad input costs nothing: every strategy's config is validated, the
+tracking store checked and the dataset prepared (images checked, features, split) before
+any MLflow run or run folder exists. A run folder then gets its ``state.json`` before its
+trainer starts, so a run killed at any point can be resumed, and one process at a time
+may write to it.
+"""
 
 from __future__ import annotations
 
@@ -7,101 +15,173 @@ from pathlib import Path
 
 import pandas as pd
 
-from aas_ray.config import Config, load_config
-from aas_ray.experiment.trainer import AwaitingAnnotations, SpCLTrainer
+from aas_ray.checks import InputError
+from aas_ray.config import Config, build_config, dump_config, load_config
+from aas_ray.experiment.checkpoint import RunState
+from aas_ray.experiment.prepare import Experiment, prepare_experiment
+from aas_ray.experiment.trainer import RunOutcome, SpCLTrainer, awaiting_message
+from aas_ray.orchestration.compare import bounds_in_store, config_key, gap_closed
 from aas_ray.orchestration.plots import map_vs_budget
+from aas_ray.orchestration.runlock import RunLock
 from aas_ray.orchestration.tracking import MlflowTracker, check_tracking_uri, resolve_tracking_uri
 
 log = logging.getLogger(__name__)
 
 ARTIFACTS = ("config.yaml", "split.csv", "pairs.csv", "annotations.jsonl", "cycles.csv", "evals.csv",
              "map_vs_budget.png", "weights.safetensors")
+TABLE = ("mAP", "mINP", "top1", "top5", "BAKS", "auc_roc", "utilised_budget", "pairs")
 
 
 def find_run_dir(ref: str, output_dir: str) -> Path:
     """A run folder given its path or its MLflow run id (the folder name)."""
-    p = Path(ref)
-    if (p / "state.json").is_file():
-        return p
-    q = Path(output_dir) / ref
-    if (q / "state.json").is_file():
-        return q
-    raise FileNotFoundError(f"no resumable run {ref!r}: neither {p} nor {q} holds a state.json")
+    for p in (Path(ref), Path(output_dir) / ref):
+        if (p / "state.json").is_file():
+            return p
+    where = Path(ref) if Path(ref).parent != Path(".") else Path(output_dir) / ref
+    raise InputError(f"no resumable run {ref!r}: {where} holds no state.json (give a run folder or an MLflow "
+                     f"run id under {output_dir}/)")
+
+
+def strategy_config(cfg: Config, strategy: str) -> Config:
+    """``cfg`` with another strategy, validated like any config."""
+    raw = cfg.model_dump(mode="json")
+    raw["al"]["strategy"] = strategy
+    return build_config(raw, source=f"--strategies {strategy}")
+
+
+def start_run(cfg: Config, uri: str, parent_run_id: str | None = None, extra_tags: dict | None = None,
+              ) -> tuple[MlflowTracker, Path]:
+    """A new MLflow run and its folder, with a state.json from the first moment."""
+    strategy = cfg.al.strategy
+    name = cfg.tracking.run_name or f"{cfg.data.name}-{strategy}-seed{cfg.seed}"
+    tags = {"dataset": cfg.data.name, "strategy": strategy, "seed": cfg.seed, "config_key": config_key(cfg),
+            **(extra_tags or {})}
+    tracker = MlflowTracker.create(uri, cfg.tracking.experiment, name, tags, parent_run_id)
+    tracker.log_params(cfg.flat())
+    run_dir = Path(cfg.output_dir) / tracker.run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    RunState(tracking_run_id=tracker.run_id).save(run_dir / "state.json")
+    (run_dir / "config.yaml").write_text(dump_config(cfg))
+    return tracker, run_dir
 
 
 def train_one(cfg: Config, uri: str, run_dir: Path | None = None, progress: bool = True,
-              parent_run_id: str | None = None, extra_tags: dict | None = None, workers: int = 0) -> tuple[str, dict]:
-    """One strategy, start to finish (or resume). Returns (MLflow run id, final eval row)."""
-    strategy = cfg.al.strategies[0]
+              parent_run_id: str | None = None, extra_tags: dict | None = None, workers: int = 0,
+              experiment: Experiment | None = None) -> tuple[str, RunOutcome]:
+    """One strategy, start to finish (or resume, or up to a pause for a person's answers)."""
     if run_dir is None:
-        name = cfg.tracking.run_name or f"{cfg.data.name}-{strategy}-seed{cfg.seed}"
-        tags = {"dataset": cfg.data.name, "strategy": strategy, "seed": cfg.seed, **(extra_tags or {})}
-        tracker = MlflowTracker.create(uri, cfg.tracking.experiment, name, tags, parent_run_id)
-        tracker.log_params(cfg.flat())
-        run_dir = Path(cfg.output_dir) / tracker.run_id
+        tracker, run_dir = start_run(cfg, uri, parent_run_id, extra_tags)
     else:
-        from aas_ray.experiment.trainer import RunState
-
-        state = RunState.load(run_dir / "state.json")
-        tracker = MlflowTracker(uri, state.tracking_run_id)
+        tracker = MlflowTracker(uri, RunState.load(run_dir / "state.json").tracking_run_id)
+    with RunLock(run_dir):
         tracker.reopen()
-    trainer = SpCLTrainer(cfg, run_dir, tracker, progress)
-    trainer.state.tracking_run_id = tracker.run_id
-    try:
-        if workers > 0:
-            from aas_ray.experiment.trainer import RunState
-            from aas_ray.orchestration.ddp import train_distributed
+        try:
+            if workers > 0:
+                from aas_ray.orchestration.ddp import train_distributed
 
-            result = train_distributed(cfg, run_dir, workers, uri, tracker.run_id)
-            if result.error is not None:
-                raise result.error
-            trainer.state = RunState.load(run_dir / "state.json")
-            final = trainer.state.evals[-1] if trainer.state.evals else {}
-        else:
-            final = trainer.run()
-    except AwaitingAnnotations as wait:
-        log.warning("%s", wait)
-        log.warning("resume with: aas-ray run --resume %s", run_dir)
-        return tracker.run_id, {}
-    except BaseException:
-        tracker.finish("FAILED")
-        raise
-    map_vs_budget({strategy: pd.DataFrame(trainer.state.evals)}, run_dir / "map_vs_budget.png",
-                  f"{cfg.data.name} / {strategy}")
-    for name in ARTIFACTS:
-        tracker.log_artifact(run_dir / name)
-    tracker.finish()
-    return tracker.run_id, final
+                result = train_distributed(cfg, run_dir, workers, uri, tracker.run_id)
+                if result.error is not None:
+                    raise result.error
+                state = RunState.load(run_dir / "state.json")
+                pending = run_dir / f"pending-cycle-{state.pending['cycle']}.csv" if state.pending else None
+                outcome = RunOutcome(state.finished, state.evals[-1] if state.evals else {}, pending)
+            else:
+                trainer = SpCLTrainer(cfg, run_dir, tracker, progress, experiment)
+                outcome = trainer.run()
+        except InputError:
+            # Bad input found on the way (answers not filled in, a damaged file): the run is
+            # not broken, it still waits for that input.
+            state = RunState.load(run_dir / "state.json")
+            tracker.finish("SCHEDULED" if state.pending else "FAILED")
+            raise
+        except BaseException:
+            tracker.finish("FAILED")
+            raise
+        if not outcome.finished:
+            log.warning("%s", awaiting_message(outcome.pending_file, run_dir))
+            tracker.set_tag("waiting_for", str(outcome.pending_file))
+            tracker.finish("SCHEDULED")
+            return tracker.run_id, outcome
+        tracker.set_tag("waiting_for", "")
+        evals = pd.DataFrame(RunState.load(run_dir / "state.json").evals)
+        map_vs_budget({cfg.al.strategy: evals}, run_dir / "map_vs_budget.png", f"{cfg.data.name} / {cfg.al.strategy}")
+        for name in ARTIFACTS:
+            tracker.log_artifact(run_dir / name)
+        tracker.finish()
+    return tracker.run_id, outcome
 
 
-def run_cli(args, cfg: Config) -> int:
+def log_gap_closed(uri: str, cfg: Config, run_id: str, final: dict, known: dict[str, float]) -> float:
+    """The run's share of the none -> supervised gap, from bounds run now or found in the store."""
+    tracker = MlflowTracker(uri, run_id)
+    bounds = dict(known)
+    if len(bounds) < 2:
+        exp = tracker.client.get_experiment_by_name(cfg.tracking.experiment)
+        bounds = {**bounds_in_store(tracker.client, exp.experiment_id, config_key(cfg)), **bounds}
+    value = gap_closed(final.get("mAP", float("nan")), bounds.get("none"), bounds.get("supervised"))
+    if value == value:  # not NaN
+        step = max((e["step"] for e in RunState.load(Path(cfg.output_dir) / run_id / "state.json").evals), default=0)
+        tracker.log_metrics({"eval/gap_closed": value}, step=step)
+    return value
+
+
+def mark_interrupted(output_dir: Path, uri: str) -> None:
+    """Runs killed before they finished (no process holds them): KILLED in MLflow, with the way back."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return
+    for state_file in root.glob("*/state.json"):
+        run_dir = state_file.parent
+        try:
+            state = RunState.load(state_file)
+        except InputError:
+            continue
+        if state.finished or state.pending or not state.tracking_run_id or RunLock.is_held(run_dir):
+            continue
+        tracker = MlflowTracker(uri, state.tracking_run_id)
+        try:
+            status = tracker.client.get_run(state.tracking_run_id).info.status
+        except Exception:  # a run of another tracking store: not ours to mark
+            continue
+        if status == "RUNNING":
+            tracker.finish("KILLED")
+            log.warning("run %s was interrupted after epoch %d; continue it with: aas-ray run --resume %s",
+                        run_dir.name, state.epoch_done, run_dir)
+
+
+def run_cli(args, cfg: Config, strategies: list[str]) -> int:
     uri = resolve_tracking_uri(args.tracking_uri, cfg.tracking.tracking_uri)
     check_tracking_uri(uri)
     if args.resume:
         run_dir = find_run_dir(args.resume, cfg.output_dir)
         cfg = load_config(run_dir / "config.yaml")
-        run_id, final = train_one(cfg, uri, run_dir, workers=args.workers)
-        log.info("run %s finished: %s", run_id, {k: round(v, 4) for k, v in final.items() if isinstance(v, float)})
+        run_id, outcome = train_one(cfg, uri, run_dir, workers=args.workers)
+        if outcome.finished:
+            log.info("run %s finished: %s", run_id,
+                     {k: round(v, 4) for k, v in outcome.final.items() if isinstance(v, float)})
         return 0
-    strategies = args.strategies.split(",") if args.strategies else cfg.al.strategies
+    configs = [strategy_config(cfg, s) for s in strategies]  # every value checked before any work
+    mark_interrupted(Path(cfg.output_dir), uri)
+    experiment = prepare_experiment(cfg) if args.workers == 0 else None
+    if experiment is None:
+        prepare_experiment(cfg)  # fail fast on the data before Ray starts; workers reuse the feature cache
     rows = []
-    for s in strategies:
-        one = cfg.model_copy(deep=True)
-        one.al.strategy = s.strip()
-        run_id, final = train_one(one, uri, workers=args.workers)
-        rows.append({"strategy": s, "run_id": run_id, **{k: final.get(k) for k in
-                     ("mAP", "mINP", "top1", "top5", "BAKS", "auc_roc", "utilised_budget", "pairs")}})
-    table = pd.DataFrame(rows)
-    evals = {}
+    for one in configs:
+        run_id, outcome = train_one(one, uri, workers=args.workers, experiment=experiment)
+        rows.append({"strategy": one.al.strategy, "run_id": run_id, "finished": outcome.finished,
+                     **{k: outcome.final.get(k) for k in TABLE}})
+    known = {r["strategy"]: r["mAP"] for r in rows if r["strategy"] in ("none", "supervised") and r["finished"]}
     for r in rows:
-        f = Path(cfg.output_dir) / r["run_id"] / "evals.csv"
-        if f.is_file():
-            evals[r["strategy"]] = pd.read_csv(f)
+        r["gap_closed"] = (log_gap_closed(uri, strategy_config(cfg, r["strategy"]), r["run_id"], r, known)
+                           if r["finished"] else float("nan"))
+    table = pd.DataFrame(rows)
+    evals = {r["strategy"]: pd.read_csv(f) for r in rows if (f := Path(cfg.output_dir) / r["run_id"] / "evals.csv").is_file()}
     if len(evals) > 1:
         path = map_vs_budget(evals, Path(cfg.output_dir) / f"compare-{cfg.data.name}.png", cfg.data.name)
         log.info("mAP against utilised budget, all strategies: %s", path)
     with pd.option_context("display.width", 200):
-        print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+        print(f"{cfg.data.name}, seed {cfg.seed}: gap_closed = (mAP - mAP_none) / (mAP_supervised - mAP_none)")
+        print(table.drop(columns=["finished"]).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     log.info("results are in MLflow (%s), experiment %r: run `mlflow ui --backend-store-uri %s`", uri,
              cfg.tracking.experiment, uri)
     return 0

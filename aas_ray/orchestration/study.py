@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from aas_ray.config import Config, ConfigError, build_config, deep_merge, read_yaml, set_dotted
+from aas_ray.config import Config, ConfigError, build_config, deep_merge, parse_overrides, read_yaml, set_dotted
 
 SPACE_KINDS = ("grid", "choice", "uniform", "loguniform")
 
@@ -47,11 +47,7 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> tuple[St
     raw = read_yaml(path)
     if "study" not in raw:
         raise ConfigError(f"{path} is a run config, not a study (no 'study:' key); use `aas-ray run -c {path}`")
-    for item in overrides or []:
-        k, _, v = item.partition("=")
-        import yaml
-
-        set_dotted(raw, k.strip(), yaml.safe_load(v))
+    raw = deep_merge(raw, parse_overrides(overrides))
     try:
         study = StudyConfig.model_validate(raw)
     except ValidationError as err:
@@ -65,13 +61,31 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> tuple[St
     for key, space in study.search.items():
         if len(space) != 1 or next(iter(space)) not in SPACE_KINDS:
             raise ConfigError(f"study {path}: search.{key} must be one of {SPACE_KINDS}, e.g. {{grid: [0.2, 0.6]}}")
-        values = next(iter(space.values()))
+        kind, values = next(iter(space.items()))
         if not isinstance(values, list) or not values:
             raise ConfigError(f"study {path}: search.{key} needs a non-empty list")
-    # Validate every key (and the first value of each) against the run config now,
-    # so a typo fails before any trial starts.
-    trial_config(base_raw, {"data.name": study.datasets[0], **{k: _first_value(s) for k, s in study.search.items()}},
-                 study, source=str(path))
+        if kind in ("uniform", "loguniform"):
+            ok = len(values) == 2 and all(isinstance(v, (int, float)) for v in values) and values[0] < values[1]
+            if not ok or (kind == "loguniform" and values[0] <= 0):
+                raise ConfigError(f"study {path}: search.{key} {kind} needs [lo, hi] with lo < hi"
+                                  f"{' and lo > 0' if kind == 'loguniform' else ''}; got {values}")
+    # Every value a trial will use is validated now, before Ray starts: each value of each
+    # grid / choice and both ends of each range, with the first value of the other keys,
+    # on every dataset.
+    first = {k: _first_value(sp) for k, sp in study.search.items()}
+    for ds in study.datasets:
+        trial_config(base_raw, {"data.name": ds, **first}, study, source=f"{path} (dataset {ds})")
+    for key, space in study.search.items():
+        for value in next(iter(space.values())):
+            trial_config(base_raw, {"data.name": study.datasets[0], **first, key: value}, study,
+                         source=f"{path}: search.{key} value {value!r}")
+    if study.kind == "simulate":
+        strategies = next(iter(study.search["al.strategy"].values())) if "al.strategy" in study.search else \
+            [trial_config(base_raw, {"data.name": study.datasets[0]}, study).al.strategy]
+        bad = [s for s in strategies if s not in ("none", "random", "aas")]
+        if bad:
+            raise ConfigError(f"{path}: strategy {bad[0]!r} cannot be simulated on frozen features (kind: simulate); "
+                              "use kind: train for the supervised skyline")
     return study, base_raw
 
 

@@ -14,6 +14,9 @@ from mlflow.tracking import MlflowClient
 log = logging.getLogger(__name__)
 
 
+EXPERIMENT_KIND = "mlflow.experimentKind"
+
+
 class TrackingError(RuntimeError):
     pass
 
@@ -36,6 +39,9 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
                                 "--tracking-uri (default: a local sqlite file)") from None
     elif uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    elif not uri.startswith(("file:", "/", "databricks", "postgresql", "mysql", "mssql")):
+        raise TrackingError(f"tracking URI {uri!r} is not one MLflow can use: give http(s)://host:port, "
+                            "sqlite:///path/to/mlflow.db or a folder")
 
 
 class MlflowTracker:
@@ -51,6 +57,10 @@ class MlflowTracker:
         client = MlflowClient(uri)
         exp = client.get_experiment_by_name(experiment)
         exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+        if (exp.tags if exp else {}).get(EXPERIMENT_KIND) != "custom_model_development":
+            # MLflow 3 otherwise opens an experiment on its GenAI overview (traces, sessions),
+            # not on the training runs.
+            client.set_experiment_tag(exp_id, EXPERIMENT_KIND, "custom_model_development")
         tags = dict(tags or {})
         tags["mlflow.runName"] = run_name
         if parent_run_id:
@@ -71,9 +81,19 @@ class MlflowTracker:
         for i in range(0, len(items), 500):
             self.client.log_batch(self.run_id, metrics=items[i:i + 500])
 
+    def log_metrics_once(self, metrics: dict[str, float], step: int) -> None:
+        # One key is enough: a step's metrics (dozens, batches hold 500) go out in one batch, all or none.
+        key = next((k for k, v in metrics.items() if v is not None), None)
+        if key is None or any(m.step == step for m in self.client.get_metric_history(self.run_id, key)):
+            return
+        self.log_metrics(metrics, step)
+
     def log_artifact(self, path: Path, subdir: str | None = None) -> None:
         if Path(path).exists():
             self.client.log_artifact(self.run_id, str(path), subdir)
+
+    def set_tag(self, key: str, value: str) -> None:
+        self.client.set_tag(self.run_id, key, value)
 
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status)

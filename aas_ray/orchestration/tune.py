@@ -14,6 +14,7 @@ import ray
 from ray import tune
 
 from aas_ray.orchestration.actors import actor_name, create_actor
+from aas_ray.orchestration.compare import with_gap_closed
 from aas_ray.orchestration.study import StudyConfig, load_study, trial_config
 from aas_ray.orchestration.tracking import MlflowTracker, check_tracking_uri, resolve_tracking_uri
 
@@ -52,22 +53,22 @@ def run_trial(params: dict, ctx: dict) -> None:
     """One trial: a simulation on the dataset's actor, or a full training run."""
     study = StudyConfig.model_validate(ctx["study"])
     cfg = trial_config(ctx["base_raw"], params, study)
-    strategy = cfg.al.strategies[0]
+    strategy = cfg.al.strategy
     tags = {"study": study.study, "dataset": cfg.data.name, "strategy": strategy, "kind": study.kind}
     swept = {k: v for k, v in params.items() if k != "data.name"}
     if study.kind == "train":
         from aas_ray.orchestration.run import train_one
 
         cfg.tracking.run_name = f"{cfg.data.name}-{strategy}-" + "-".join(f"{k.split('.')[-1]}={v}" for k, v in swept.items())
-        _, final = train_one(cfg, ctx["uri"], progress=False, parent_run_id=ctx["parent"], extra_tags=tags)
-        tune.report(_numeric(final))
+        _, outcome = train_one(cfg, ctx["uri"], progress=False, parent_run_id=ctx["parent"], extra_tags=tags)
+        tune.report(_numeric(outcome.final))
         return
     name = f"{cfg.data.name}-{strategy}-" + "-".join(f"{k.split('.')[-1]}={v}" for k, v in swept.items())
     child = MlflowTracker.create(ctx["uri"], cfg.tracking.experiment, name, tags, ctx["parent"])
     child.log_params(cfg.flat())
     try:
         actor = ray.get_actor(actor_name(study.study, cfg.data.name))
-        table = ray.get(actor.simulate.remote(cfg.model_dump_json(), [strategy], study.cycles))
+        table = ray.get(actor.simulate.remote(cfg, [strategy], study.cycles))
         for row in table.to_dict("records"):
             child.log_metrics({k: v for k, v in _numeric(row).items() if k in SIM_METRICS}, step=int(row["cycle"]))
     except BaseException:
@@ -78,13 +79,47 @@ def run_trial(params: dict, ctx: dict) -> None:
 
 
 def _load_dataset(cfg):
-    from aas_ray.experiment.setup import make_split, prepare_data
-    from aas_ray.experiment.zeroshot import dataset_features
+    from aas_ray.experiment.prepare import prepare_experiment
 
-    data = prepare_data(cfg, progress=False)
-    feats = dataset_features(cfg, data, progress=False)
-    split = make_split(cfg, data, feats)
-    return feats[split.train], data.identities[split.train]
+    exp = prepare_experiment(cfg, progress=False)
+    return exp.train_features, exp.truth
+
+
+AGG_METRICS = ("mAP", "top1", "auc_roc", "gap_closed", "utilised_budget", "pairs", "pair_f1", "nmi", "must_link")
+
+
+def aggregate(table: pd.DataFrame, study: StudyConfig) -> pd.DataFrame | None:
+    """Mean and sd over the repeats (seeds) of each dataset x setting: one row per group."""
+    repeat = [k for k in ("seed", "data.synthetic.seed") if k in study.search]
+    if not repeat and study.num_samples < 2:
+        return None
+    group = ["data.name"] + [k for k in study.search if k in table.columns and k not in repeat]
+    metrics = [m for m in AGG_METRICS if m in table.columns]
+    g = table.groupby(group, dropna=False)[metrics]
+    out = g.mean().add_suffix("_mean").join(g.std().add_suffix("_sd")).join(g.size().rename("repeats"))
+    return out.reset_index()
+
+
+def format_aggregate(agg: pd.DataFrame) -> str:
+    """The aggregate as a Markdown table, each metric as mean ± sd (mAP-like in %)."""
+    keys = [c for c in agg.columns if not c.endswith(("_mean", "_sd")) and c != "repeats"]
+    metrics = [c.removesuffix("_mean") for c in agg.columns if c.endswith("_mean")]
+    pct = {"mAP", "top1", "auc_roc", "gap_closed", "utilised_budget"}
+
+    def cell(r, m):
+        mu, sd = r[f"{m}_mean"], r[f"{m}_sd"]
+        if pd.isna(mu):
+            return "-"
+        f = 100.0 if m in pct else 1.0
+        digits = 3 if m == "utilised_budget" else 1 if m in pct else 0 if m in ("pairs", "must_link") else 3
+        return f"{f * mu:.{digits}f} ± {f * (0 if pd.isna(sd) else sd):.{digits}f}"
+
+    head = keys + [f"{m} (%)" if m in pct else m for m in metrics] + ["n"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for _, r in agg.iterrows():
+        lines.append("| " + " | ".join([str(r[k]) for k in keys] + [cell(r, m) for m in metrics] + [str(r["repeats"])])
+                     + " |")
+    return "\n".join(lines)
 
 
 def summarise(df: pd.DataFrame, study: StudyConfig, out: Path) -> list[Path]:
@@ -100,10 +135,18 @@ def summarise(df: pd.DataFrame, study: StudyConfig, out: Path) -> list[Path]:
     table = df.rename(columns=cols)
     keep = list(cols.values()) + [c for c in (*SIM_METRICS, "mAP", "mINP", "top1", "top5", "BAKS", "auc_roc", "pairs")
                                   if c in table.columns]
-    table = table[[c for c in keep if c in table.columns]]
+    table = table[list(dict.fromkeys(c for c in keep if c in table.columns))]
+    if "al.strategy" in table.columns and "mAP" in table.columns:
+        group = ["data.name"] + [k for k in study.search if k in table.columns and k != "al.strategy"]
+        table = with_gap_closed(table, group, strategy="al.strategy")
+    agg = aggregate(table, study)
     files = [out / "summary.csv", out / "summary.html"]
     table.to_csv(files[0], index=False)
     table.to_html(files[1], index=False, float_format=lambda v: f"{v:.4f}")
+    if agg is not None:
+        agg.to_csv(out / "aggregate.csv", index=False)
+        (out / "aggregate.txt").write_text(format_aggregate(agg) + "\n")
+        files += [out / "aggregate.csv", out / "aggregate.txt"]
     swept = [k for k in study.search if k in table.columns and k != "al.strategy"]
     metrics = [m for m in (study.metric, "utilised_budget", "mAP", "nmi") if m in table.columns]
     metrics = list(dict.fromkeys(metrics))
@@ -148,6 +191,9 @@ def tune_cli(args) -> int:
     base_cfg = trial_config(base_raw, {"data.name": study.datasets[0]}, study)
     uri = resolve_tracking_uri(args.tracking_uri, base_cfg.tracking.tracking_uri)
     check_tracking_uri(uri)
+    # Every dataset is read, checked and embedded before Ray starts: a missing or broken
+    # dataset fails here in seconds, and trials find the features cached.
+    loaded = {ds: _load_dataset(trial_config(base_raw, {"data.name": ds}, study)) for ds in study.datasets}
     if not ray.is_initialized():
         ray.init(address=args.address or os.environ.get("RAY_ADDRESS"), log_to_driver=False)
     parent = MlflowTracker.create(uri, base_cfg.tracking.experiment, f"study-{study.study}",
@@ -156,10 +202,7 @@ def tune_cli(args) -> int:
     actors = []
     try:
         if study.kind == "simulate":
-            for ds in study.datasets:
-                cfg = trial_config(base_raw, {"data.name": ds}, study)
-                x, y = _load_dataset(cfg)
-                actors.append(create_actor(study.study, ds, x, y))
+            actors = [create_actor(study.study, ds, x, y) for ds, (x, y) in loaded.items()]
             log.info("clustering actors: %s", ray.get([a.info.remote() for a in actors]))
         param_space = {"data.name": tune.grid_search(study.datasets), **{k: _space(s) for k, s in study.search.items()}}
         ctx = {"study": study.model_dump(mode="json"), "base_raw": base_raw, "uri": uri, "parent": parent.run_id}
@@ -198,6 +241,8 @@ def tune_cli(args) -> int:
     parent.finish("FINISHED" if not errors else "FAILED")
     log.info("study %s: %d trials completed, %d failed; parent MLflow run %s; summary in %s", study.study, done,
              len(errors), parent.run_id, out)
+    if (out / "aggregate.txt").is_file():
+        print((out / "aggregate.txt").read_text())
     for a in actors:
         ray.kill(a)
     return 0 if not errors else 1

@@ -1,17 +1,17 @@
 """NP3: non-parametric plug-and-play constrained refinement of any clustering
-(SPEC §9; paper §3.1 E, Algorithm 1 step 2, Fig. 2)."""
+(docs/method.md §9; paper §3.1 E, Algorithm 1 step 2, Fig. 2)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import networkx as nx
-import numba
 import numpy as np
 import scipy.sparse as sp
 from scipy.optimize import linear_sum_assignment
 from scipy.sparse.csgraph import connected_components
 
+from aas_ray.al._refine_kernels import nearest_colour
 from aas_ray.checks import InputError, labels_array, pair_array, unit_features
 
 # Conflict graphs up to this many nodes are coloured exactly; larger ones by DSatur.
@@ -59,7 +59,7 @@ def color_graph(g: nx.Graph) -> dict:
 
 
 def _group_colourings(edges: np.ndarray, n_nodes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """CL groups of a conflict graph and a proper colouring of each (SPEC §9 step 3).
+    """CL groups of a conflict graph and a proper colouring of each (docs/method.md §9 step 3).
 
     Returns (group of each node, colour of each node, colours used per group). Bipartite
     groups (single CLs, stars, even cycles: nearly all of them) get their unique optimal
@@ -119,7 +119,7 @@ class _ConflictGraph:
 
 def _purify(members: np.ndarray, groups: np.ndarray, graph: _ConflictGraph, member_comp: np.ndarray,
             x: np.ndarray) -> list[np.ndarray]:
-    """Split one impure cluster into sub-clusters satisfying its internal CLs (SPEC §9 step 3).
+    """Split one impure cluster into sub-clusters satisfying its internal CLs (docs/method.md §9 step 3).
 
     ``groups``: this cluster's CL groups in ``graph``; ``member_comp``: each member's ML
     group. Returns the member indices of each sub-cluster; ML groups are never split.
@@ -169,7 +169,7 @@ def _purify(members: np.ndarray, groups: np.ndarray, graph: _ConflictGraph, memb
 
 
 def _split_each(out, clusters, groups_of, graph: _ConflictGraph, comp, x, next_id: int) -> int:
-    """SPEC §9 step 3 cluster by cluster (:func:`_purify`); colour 0 keeps the cluster id."""
+    """docs/method.md §9 step 3 cluster by cluster (:func:`_purify`); colour 0 keeps the cluster id."""
     order = np.argsort(out, kind="stable")
     sorted_labels = out[order]
     for c, groups in zip(clusters, groups_of):
@@ -188,24 +188,8 @@ def _centroids(x: np.ndarray, rows: np.ndarray, groups: np.ndarray, n_groups: in
     return np.asarray(ind @ x) / np.bincount(groups, minlength=n_groups)[:, None]
 
 
-@numba.njit(cache=True)
-def _nearest_colour(unit_cent, sub_cent, sub_sq, base, chi):
-    """For each unit, the colour c < chi[u] whose centroid sub_cent[base[u] + c] is nearest
-    (first on ties); ||u||^2 is the same for all candidates and is left out."""
-    out = np.zeros(unit_cent.shape[0], dtype=np.int64)
-    for u in range(unit_cent.shape[0]):
-        best = np.inf
-        for c in range(chi[u]):
-            s = base[u] + c
-            d = sub_sq[s] - 2.0 * np.dot(unit_cent[u], sub_cent[s])
-            if d < best:
-                best = d
-                out[u] = c
-    return out
-
-
 def _split_single_group(out, clusters, groups, graph: _ConflictGraph, comp, x, next_id: int) -> int:
-    """SPEC §9 step 3 for clusters whose conflict graph is one CL group, all at once.
+    """docs/method.md §9 step 3 for clusters whose conflict graph is one CL group, all at once.
 
     Each colour class is a sub-cluster; every free unit (an unconflicted ML group or an
     unconstrained image) joins the nearest sub-cluster centroid of its own cluster. The
@@ -231,7 +215,7 @@ def _split_single_group(out, clusters, groups, graph: _ConflictGraph, comp, x, n
         unit_k = np.empty(units.size, dtype=np.int64)
         unit_k[unit_of] = k[free]
         base = sub_base[unit_k]
-        choice = _nearest_colour(unit_cent, sub_cent, (sub_cent * sub_cent).sum(axis=1), base, chi[unit_k])
+        choice = nearest_colour(unit_cent, sub_cent, (sub_cent * sub_cent).sum(axis=1), base, chi[unit_k])
         sub[free] = (base + choice)[unit_of]
     # Colour 0 keeps the cluster id; each further colour class becomes a new cluster.
     colour_of = sub - sub_base[k]
@@ -244,7 +228,7 @@ def _split_single_group(out, clusters, groups, graph: _ConflictGraph, comp, x, n
 
 
 def np3(labels, must_link, cannot_link, features) -> np.ndarray:
-    """Refine ``labels`` so that every must-link and cannot-link holds (SPEC §9).
+    """Refine ``labels`` so that every must-link and cannot-link holds (docs/method.md §9).
 
     ``labels``: (n,) cluster ids, -1 = noise. ``must_link`` / ``cannot_link``: (m, 2)
     image-index pairs. ``features``: (n, d), used for centroid distances. Untouched

@@ -1,0 +1,73 @@
+"""Study files and study summaries (no Ray needed): every value checked before Ray starts,
+gap closed and mean ± sd over seeds in the summary."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from aas_ray.config import ConfigError
+from aas_ray.orchestration.study import load_study
+from aas_ray.orchestration.tune import aggregate, format_aggregate, summarise
+
+REPO_CONFIGS = __import__("pathlib").Path(__file__).resolve().parents[1] / "tune_configs"
+
+
+def write(tmp_path, **study):
+    body = {"study": "t", "base": str(REPO_CONFIGS / "demo.yaml"), **study}
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(body))
+    return path
+
+
+def test_every_grid_value_and_dataset_is_checked_before_ray(tmp_path):
+    with pytest.raises(ConfigError, match=r"search.al.epsilon value 5.0.*'al.epsilon'"):
+        load_study(write(tmp_path, search={"al.epsilon": {"grid": [0.2, 5.0]}}))
+    with pytest.raises(ConfigError, match="search.al.strategy value 'bogus'"):
+        load_study(write(tmp_path, search={"al.strategy": {"grid": ["aas", "bogus"]}}))
+    with pytest.raises(ConfigError, match="unknown key 'al.epsilonn'"):
+        load_study(write(tmp_path, search={"al.epsilonn": {"grid": [0.2]}}))
+    with pytest.raises(ConfigError, match=r"search.al.s_min value 2.0: 'al.s_min': Input should be less than"):
+        load_study(write(tmp_path, search={"al.s_min": {"uniform": [0.1, 2.0]}}))
+    with pytest.raises(ConfigError, match=r"loguniform needs \[lo, hi\] with lo < hi and lo > 0"):
+        load_study(write(tmp_path, search={"al.s_min": {"loguniform": [0.0, 0.5]}}))
+    with pytest.raises(ConfigError, match="cannot be simulated"):
+        load_study(write(tmp_path, kind="simulate", search={"al.strategy": {"grid": ["aas", "supervised"]}}))
+    with pytest.raises(ConfigError, match="search.seed: Input should be a valid dictionary"):
+        load_study(write(tmp_path, search={"seed": [0, 1]}))
+    study, base = load_study(write(tmp_path, search={"al.strategy": {"grid": ["none", "aas"]}}),
+                             ["max_concurrent_trials=2", "overrides.al.cycles=2"])
+    assert study.max_concurrent_trials == 2 and base["al"]["cycles"] == 2
+
+
+def test_summary_reports_gap_closed_per_seed_and_mean_sd(tmp_path):
+    from aas_ray.orchestration.study import StudyConfig
+
+    study = StudyConfig(study="t", kind="train", datasets=["synthetic"],
+                        search={"al.strategy": {"grid": ["none", "aas", "supervised"]}, "seed": {"grid": [0, 1]}})
+    rows = []
+    maps = {("none", 0): 0.20, ("aas", 0): 0.30, ("supervised", 0): 0.40,
+            ("none", 1): 0.10, ("aas", 1): 0.25, ("supervised", 1): 0.40}
+    for (s, seed), m in maps.items():
+        rows.append({"config/data.name": "synthetic", "config/al.strategy": s, "config/seed": seed, "mAP": m,
+                     "top1": m, "auc_roc": 0.6, "utilised_budget": 0.004 if s == "aas" else 0.0, "pairs": 10})
+    files = summarise(pd.DataFrame(rows), study, tmp_path)
+    table = pd.read_csv(tmp_path / "summary.csv")
+    aas = table[table["al.strategy"] == "aas"].set_index("seed")["gap_closed"]
+    assert aas[0] == pytest.approx(0.5) and aas[1] == pytest.approx(0.5)
+    agg = pd.read_csv(tmp_path / "aggregate.csv").set_index("al.strategy")
+    assert agg.loc["aas", "mAP_mean"] == pytest.approx(0.275)
+    assert agg.loc["aas", "mAP_sd"] == pytest.approx(np.std([0.30, 0.25], ddof=1))
+    assert agg.loc["aas", "gap_closed_mean"] == pytest.approx(0.5) and agg.loc["aas", "repeats"] == 2
+    text = (tmp_path / "aggregate.txt").read_text()
+    assert "| synthetic | aas | 27.5 ± 3.5 |" in text
+    assert {f.name for f in files} >= {"summary.csv", "summary.html", "aggregate.csv", "aggregate.txt"}
+
+
+def test_no_aggregate_without_repeats():
+    from aas_ray.orchestration.study import StudyConfig
+
+    study = StudyConfig(study="t", search={"al.epsilon": {"grid": [0.2, 0.6]}})
+    assert aggregate(pd.DataFrame({"data.name": ["s"], "al.epsilon": [0.2], "mAP": [0.1]}), study) is None
+    agg = pd.DataFrame({"data.name": ["s"], "mAP_mean": [0.5], "mAP_sd": [np.nan], "repeats": [1]})
+    assert "50.0 ± 0.0" in format_aggregate(agg)

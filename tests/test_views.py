@@ -1,0 +1,71 @@
+"""The view builder (docs/method.md §1-2): DBSCAN radius, FINCH level choice, self-paced views."""
+
+import numpy as np
+import pytest
+
+from aas_ray.checks import InputError
+from aas_ray.cluster import auto_eps, build_views, dbscan_view, jaccard_graph
+from aas_ray.cluster.views import choose_partition, finch_partitions, first_non_self_neighbour
+from aas_ray.eval import clustering_metrics
+from conftest import mixture
+
+
+def test_choose_partition_auto_integer_and_bad_level():
+    counts = [120, 30, 7, 2]
+    assert choose_partition(counts, "auto", 28) == 1
+    assert choose_partition(counts, "auto", 5) == 2
+    assert choose_partition(counts, "auto", 500) == 0
+    assert choose_partition(counts, 0, 2) == 0
+    assert choose_partition(counts, 9, 2) == 3  # clipped to the coarsest level FINCH found
+    with pytest.raises(InputError, match="finch_partition"):
+        choose_partition(counts, -1, 2)
+
+
+def test_build_views_equals_its_parts():
+    x, _ = mixture(300, 16, 30, spread=0.7, seed=2)
+    v = build_views(x, k1=15, k2=4, eps=0.55, self_paced=True)
+    g = jaccard_graph(x, 15, 4, min_sim=0.01)
+    np.testing.assert_array_equal(v.labels_a, dbscan_view(g, 0.55, 4))
+    np.testing.assert_array_equal(v.tight, dbscan_view(g, 0.53, 4))
+    np.testing.assert_array_equal(v.loose, dbscan_view(g, 0.57, 4))
+    parts, counts = finch_partitions(x, first_non_self_neighbour(g.knn_idx))
+    n_a = np.unique(v.labels_a[v.labels_a >= 0]).size
+    assert v.finch_level == choose_partition(counts, "auto", n_a)
+    np.testing.assert_array_equal(v.labels_b, parts[:, v.finch_level])
+    finest = build_views(x, k1=15, k2=4, eps=0.55, finch_partition=0)
+    np.testing.assert_array_equal(finest.labels_b, parts[:, 0])
+    only_a = build_views(x, k1=15, k2=4, eps=0.55, need_b=False)
+    assert only_a.labels_b is None and only_a.tight is None
+    np.testing.assert_array_equal(only_a.labels_a, v.labels_a)
+
+
+def test_auto_eps_finds_the_groups_a_fixed_radius_merges():
+    # 40 tight identities of 6 images in 300 points: with k1 = 30 the k-reciprocal sets span
+    # several identities, and SpCL's eps = 0.6 merges most of the data into a few clusters.
+    x, y = mixture(240, 32, 40, spread=0.55, seed=1)
+    g = jaccard_graph(x, 30, 6)
+    fixed = dbscan_view(g, 0.6, 4)
+    eps = auto_eps(g, 4)
+    auto = dbscan_view(g, eps, 4)
+    n_fixed = np.unique(fixed[fixed >= 0]).size
+    n_auto = np.unique(auto[auto >= 0]).size
+    assert 0.2 <= eps < 0.6
+    assert n_auto > n_fixed
+    # the radius it picks is the one with the most clusters among all radii it could pick
+    for e in np.round(np.arange(0.2, 0.9, 0.05), 2):
+        lab = dbscan_view(g, float(e), 4)
+        assert np.unique(lab[lab >= 0]).size <= n_auto
+    # merged identities at 0.6 (pair precision ~0.5); the radius with the most clusters keeps them apart (~0.9)
+    assert clustering_metrics(auto, y)["pair_precision"] > clustering_metrics(fixed, y)["pair_precision"] + 0.3
+
+
+def test_eps_auto_in_views_and_config():
+    from aas_ray.config import ClusterConfig, ConfigError, load_config
+
+    x, _ = mixture(200, 16, 25, spread=0.6, seed=4)
+    v = build_views(x, **ClusterConfig(k1=15, k2=4, eps="auto").view_params(), need_b=False)
+    assert v.eps == auto_eps(jaccard_graph(x, 15, 4, min_sim=0.01), 4)
+    with pytest.raises(ConfigError, match="cluster.eps"):
+        load_config(None, ["cluster.eps=1.5"])
+    with pytest.raises(ConfigError, match="cluster.eps"):
+        load_config(None, ["cluster.eps=big"])
