@@ -125,10 +125,36 @@ def cmd_run(args) -> int:
     return run_cli(args, cfg, _strategies(args.strategies or cfg.al.strategy))
 
 
+def cmd_annotate(args) -> int:
+    from aas_ray.experiment.annotation import AnnotationSession
+    from aas_ray.orchestration.annotate.server import serve
+    from aas_ray.orchestration.run import find_run_dir
+    from aas_ray.orchestration.runlock import RunLock
+
+    run_dir = find_run_dir(args.run, args.output_dir)
+    # The page is the run folder's single writer while it is up: a --resume waits for it.
+    with RunLock(run_dir):
+        session = AnnotationSession(run_dir)
+        status = session.status()
+        if not status["waiting"]:
+            log.warning("run %s waits for no answers now (finished: %s); the review page still shows its answers",
+                        run_dir, status["finished"])
+        server, url = serve(session, args.host, args.port)
+        print(f"annotate run {run_dir.name}: open {url}   (Ctrl-C to stop)", flush=True)
+        server.run()
+    return 0
+
+
 def cmd_tune(args) -> int:
     from aas_ray.orchestration.tune import tune_cli
 
     return tune_cli(args)
+
+
+def _add_page_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address of the annotation page (default loopback; any other needs the printed access token)")
+    p.add_argument("--port", type=int, default=8700)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -163,7 +189,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--tracking-uri", help="MLflow tracking URI (default: env MLFLOW_TRACKING_URI or ./mlflow.db)")
     r.add_argument("--resume", metavar="RUN", help="resume an interrupted run (MLflow run id or run folder)")
     r.add_argument("--workers", type=int, default=0, help="Ray Train DDP workers (0 = this process)")
+    r.add_argument("--serve", action="store_true",
+                   help="with al.oracle: human, serve the annotation page at each pause and go on by itself")
+    _add_page_args(r)
     r.set_defaults(func=cmd_run)
+
+    a = sub.add_parser("annotate", help="the pair annotation page of a run waiting for a person's answers")
+    a.add_argument("run", help="run folder or MLflow run id")
+    a.add_argument("--output-dir", default="runs", help="where run folders are (for a run id)")
+    _add_page_args(a)
+    a.set_defaults(func=cmd_annotate)
 
     t = sub.add_parser("tune", help="a Ray Tune study over datasets and config keys")
     t.add_argument("study", help="study YAML in tune_configs/")

@@ -70,7 +70,7 @@ def test_ddp_matches_single_process(tmp_path, ray_local):
         return {m.step: m.value for m in client.get_metric_history(run_id, key)}
 
     for key, close in (("train/loss", lambda a, b: abs(a - b) <= 0.25 * max(a, b)),
-                       ("cluster/nmi", lambda a, b: abs(a - b) < 0.15), ("eval/mAP", lambda a, b: abs(a - b) < 0.15)):
+                       ("views/nmi", lambda a, b: abs(a - b) < 0.15), ("eval/mAP", lambda a, b: abs(a - b) < 0.15)):
         one, dist = series(t_single.run_id, key), series(t_ddp.run_id, key)
         assert sorted(one) == sorted(dist) and len(one) >= 3, key
         for step in one:

@@ -47,6 +47,9 @@ class Annotation:
     answer: Answer
     cycle: int = 0
     source: str = "oracle"
+    # "answer"; or, in a journal, "correction" (replaces the pair's earlier answer) or
+    # "retraction" (withdraws it): a person's changes are appended, never edited in place.
+    kind: str = "answer"
 
 
 @dataclass
@@ -87,6 +90,7 @@ class ConstraintStore:
         self._cl_answers: dict[tuple[int, int], Annotation] = {}
         self._ml_answers: dict[tuple[int, int], Annotation] = {}
         self._asked: set[tuple[int, int]] = set()
+        self._answer: dict[tuple[int, int], Answer] = {}
 
     # --- union-find -----------------------------------------------------------------
     def _find(self, i: int) -> int:
@@ -157,6 +161,7 @@ class ConstraintStore:
             raise ContradictionError(conflict)
         self.annotations.append(ann)
         self._asked.add((u, v))
+        self._answer[(u, v)] = ann.answer
         if conflict is not None:
             self.contradictions.append(conflict)
             log.warning("contradictory annotation kept but not applied: %s", conflict)
@@ -183,6 +188,11 @@ class ConstraintStore:
             return np.zeros(len(pairs), dtype=bool)
         done = self._keys(np.array(sorted(self._asked)))
         return np.isin(self._keys(pairs), done)
+
+    def answers_for(self, pairs: np.ndarray) -> np.ndarray:
+        """The recorded answer of each pair (an :class:`Answer` value), -1 when never answered."""
+        pairs = np.sort(np.asarray(pairs, dtype=np.int64).reshape(-1, 2), axis=1)
+        return np.array([int(self._answer.get((int(u), int(v)), -1)) for u, v in pairs], dtype=np.int64)
 
     def implied(self, pairs: np.ndarray) -> np.ndarray:
         """Per pair: 1 = must-link implied, 0 = cannot-link implied, -1 = unknown.

@@ -51,6 +51,7 @@ class Pending:
     pair_type: np.ndarray
     probability: np.ndarray
     stats: dict = field(default_factory=dict)
+    clusters: np.ndarray | None = None  # pseudo-labels when proposed (context for a person)
 
 
 @dataclass
@@ -161,8 +162,13 @@ class ALCycle:
         return CycleOutcome(row=self.record(pending, answers, f"simulated:{self.cfg.al.strategy}"))
 
     def record(self, asked: Pending, answers, source: str) -> dict:
-        """Record answers to ``asked`` (store, journal, pairs log) and return the cycle's row."""
-        c, pairs = asked.cycle, np.asarray(asked.pairs, dtype=np.int64).reshape(-1, 2)
+        """Record answers to every pair of ``asked`` and return the cycle's row."""
+        self.add(asked.cycle, asked.pairs, answers, source)
+        return self.finish(asked)
+
+    def add(self, c: int, pairs, answers, source: str) -> None:
+        """Answers into the store and, when there is one, the journal (fsynced)."""
+        pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
         answers = np.asarray([int(Answer.parse(a)) for a in answers], dtype=np.int64)
         if self.journal is not None:
             conflicts = self.journal.record(self.store, pairs, answers, c, source)
@@ -170,8 +176,14 @@ class ALCycle:
             conflicts = [k for (u, v), a in zip(pairs, answers) if (k := self.store.add(int(u), int(v), int(a), c, source))]
         for k in conflicts:
             log.warning("contradictory answer kept but not applied: %s", k)
+
+    def finish(self, asked: Pending) -> dict:
+        """Every pair of ``asked`` is answered (by the oracle, a person's CSV or the web page):
+        log them with their answers and summarise the cycle."""
+        pairs = np.asarray(asked.pairs, dtype=np.int64).reshape(-1, 2)
+        answers = self.store.answers_for(pairs)
         if self.pairs_log is not None and len(pairs):
-            pd.DataFrame({"cycle": c, "u": pairs[:, 0], "v": pairs[:, 1], "pool": asked.pool,
+            pd.DataFrame({"cycle": asked.cycle, "u": pairs[:, 0], "v": pairs[:, 1], "pool": asked.pool,
                           "pair_type": asked.pair_type, "probability": asked.probability,
                           "answer": [Answer(int(a)).name for a in answers]}).to_csv(
                 self.pairs_log, mode="a", header=not self.pairs_log.exists(), index=False)

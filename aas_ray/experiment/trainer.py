@@ -37,10 +37,11 @@ from aas_ray.cluster import ClusterViews, build_views
 from aas_ray.config import Config, dump_config
 from aas_ray.data.images import CatalogueImages, PKSampler, to_tensor_batch, train_transform
 from aas_ray.eval import clustering_metrics
+from aas_ray.experiment.annotation import write_image_table
 from aas_ray.experiment.annotations import AnnotationJournal
 from aas_ray.experiment.checkpoint import RunState, load_checkpoint, save_checkpoint
 from aas_ray.experiment.cycle import SAMPLED, ALCycle, Pending
-from aas_ray.experiment.labels import label_diagnostics, training_labels
+from aas_ray.experiment.labels import label_diagnostics, refine, training_labels
 from aas_ray.experiment.prepare import Experiment, prepare_experiment, save_split
 from aas_ray.experiment.spcl import HybridMemory
 from aas_ray.experiment.tracking import NullTracker, Tracker
@@ -117,6 +118,8 @@ class SpCLTrainer:
         if self.is_main:
             (self.dir / "config.yaml").write_text(dump_config(cfg))
             save_split(self.exp.data.cat, self.exp.split, self.dir / "split.csv")
+            if cfg.al.oracle == "human":
+                write_image_table(self.dir, self.train_cat)
 
     # ---- hooks the DDP trainer overrides --------------------------------------------
     @property
@@ -147,16 +150,16 @@ class SpCLTrainer:
 
     # ---- durable state --------------------------------------------------------------
     def _replay_journal(self, n: int) -> ConstraintStore:
-        store = self.journal.load_store(n)
-        if len(store.annotations) < self.state.answers:
+        records = self.journal.read()
+        if len(records) < self.state.answers:
             raise InputError(
-                f"{self.journal.path} holds {len(store.annotations)} answers but the run's last checkpoint "
+                f"{self.journal.path} holds {len(records)} answers but the run's last checkpoint "
                 f"recorded {self.state.answers}: answers were lost (a damaged or truncated journal); restore "
                 "the journal from a backup before resuming")
-        return store
+        return self.journal.load_store(n, records)
 
     def save_state(self) -> None:
-        self.state.answers = len(self.store.annotations)
+        self.state.answers = self.journal.count()
         self.state.save(self.dir / "state.json")
 
     def _checkpoint(self) -> None:
@@ -222,6 +225,8 @@ class SpCLTrainer:
         self.state.pending = {"cycle": p.cycle, "pairs": p.pairs.tolist(), "pool": list(map(str, p.pool)),
                               "pair_type": list(map(str, p.pair_type)), "probability": list(map(float, p.probability)),
                               "stats": p.stats}
+        if p.clusters is not None:
+            np.save(self.dir / f"pending-cycle-{p.cycle}-clusters.npy", p.clusters)
         self.save_state()
         return self.write_pending(p)
 
@@ -231,14 +236,30 @@ class SpCLTrainer:
                        np.asarray(d["pair_type"]), np.asarray(d["probability"]), d["stats"])
 
     def import_answers(self) -> dict:
-        """The person's answers to the pending cycle, checked row by row, into the journal."""
+        """The person's answers to the pending cycle: those the web page journaled as they were
+        given, and those written into the pending CSV (checked row by row)."""
         p = self._pending()
         path = self.pending_path(p.cycle)
-        answers = read_answers(path, p.pairs, self.train_cat.abs_paths())
-        row = self.cycle.record(p, answers, "human")
+        journaled = self.store.answers_for(p.pairs)
+        written = read_answers(path, p.pairs, self.train_cat.abs_paths()) if path.is_file() else [None] * len(p.pairs)
+        missing, new = [], []
+        for i, (have, csv) in enumerate(zip(journaled, written)):
+            if have < 0 and csv is None:
+                missing.append(i + 2)
+            elif have >= 0 and csv is not None and int(csv) != have:
+                raise InputError(f"{path} line {i + 2}: says {csv.name} but {Answer(int(have)).name} was recorded for "
+                                 "this pair (on the annotation page); correct it there, or leave this cell empty")
+            elif have < 0:
+                new.append(i)
+        if missing:
+            raise InputError(f"{path}: lines {missing[:10]}{' ...' if len(missing) > 10 else ''} have no answer yet "
+                             "(same / different / unsure)")
+        self.cycle.add(p.cycle, p.pairs[new], [written[i] for i in new], "human")
+        row = self.cycle.finish(p)
         self.state.pending = None
         self.save_state()
-        path.rename(path.with_suffix(".answered.csv"))
+        if path.is_file():
+            path.rename(path.with_suffix(".answered.csv"))
         return row
 
     def pseudo_labels(self, epoch: int) -> EpochLabels | Pending:
@@ -251,9 +272,10 @@ class SpCLTrainer:
         done = c is None or any(r["cycle"] == c for r in self.state.cycles)
         metrics: dict = {}
         if c is not None and self.state.pending and self.state.pending["cycle"] == c:
-            if not self.pending_path(c).is_file():
+            pending = self._pending()
+            if not self.pending_path(c).is_file() and (self.store.answers_for(pending.pairs) < 0).any():
                 log.warning("%s is missing: writing the same pairs again", self.pending_path(c))
-                return self._pending()
+                return pending
             row = self.import_answers()
             self._keep_cycle_row(row)
             metrics.update(cycle_metrics(row))
@@ -263,17 +285,19 @@ class SpCLTrainer:
         if not done:
             outcome = self.cycle.run(c, x, views)
             if outcome.pending is not None:
+                # what the person may ask to see next to a pair: each side's pseudo-cluster now
+                outcome.pending.clusters = refine(views.labels_a, self.store, x)
                 return outcome.pending
             self._keep_cycle_row(outcome.row)
             metrics.update(cycle_metrics(outcome.row))
         labels, refined, self.state.indep_thres, stats = training_labels(views, self.store, x, self.state.indep_thres)
         q = clustering_metrics(refined, self.truth)
-        metrics.update({"cluster/clusters": stats["clusters"], "cluster/instances": stats["instances"],
-                        "cluster/demoted": stats["demoted"], "cluster/outliers": q["outliers"],
-                        "cluster/eps": views.eps, "cluster/nmi": q["nmi"], "cluster/ari": q["ari"],
-                        "cluster/pair_precision": q["pair_precision"], "cluster/pair_recall": q["pair_recall"],
-                        "cluster/pair_f1": q["pair_f1"], "al/constraints_ml": int(self.store.must_links().shape[0]),
-                        "al/constraints_cl": int(self.store.cannot_links().shape[0])})
+        metrics.update({"views/clusters": stats["clusters"], "views/instances": stats["instances"],
+                        "views/demoted": stats["demoted"], "views/outliers": q["outliers"],
+                        "views/eps": views.eps, "views/nmi": q["nmi"], "views/ari": q["ari"],
+                        "views/pair_precision": q["pair_precision"], "views/pair_recall": q["pair_recall"],
+                        "views/pair_f1": q["pair_f1"], "oracle/constraints_ml": int(self.store.must_links().shape[0]),
+                        "oracle/constraints_cl": int(self.store.cannot_links().shape[0])})
         metrics.update(label_diagnostics(views.labels_a, self.store, refined, labels, self.truth))
         return EpochLabels(labels, metrics)
 
@@ -355,7 +379,7 @@ class SpCLTrainer:
                 self.flush_metrics()
             self.end_epoch(epoch, metrics)
             log.info("epoch %d: loss %.4f, %s clusters, %s instances, train-label pair F1 %s%s", epoch,
-                     metrics["train/loss"], metrics.get("cluster/clusters", "-"), metrics.get("cluster/instances", "-"),
+                     metrics["train/loss"], metrics.get("views/clusters", "-"), metrics.get("views/instances", "-"),
                      f"{metrics['labels/train_f1']:.3f}" if "labels/train_f1" in metrics else "-",
                      f", mAP {metrics['eval/mAP']:.4f}" if "eval/mAP" in metrics else "")
         if self.is_main:
@@ -374,12 +398,13 @@ class SpCLTrainer:
 
 
 def cycle_metrics(row: dict) -> dict:
-    """A cycle row as ``al/*`` metrics (numbers only; the notes go to the log and cycles.csv)."""
-    return {f"al/{k}": v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    """A cycle row as ``oracle/*`` metrics (numbers only; the notes go to the log and cycles.csv)."""
+    return {f"oracle/{k}": v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def read_answers(path: Path, pairs: np.ndarray, paths: list) -> list[Answer]:
-    """The answers of a filled-in pending file, every row checked against the pairs asked."""
+def read_answers(path: Path, pairs: np.ndarray, paths: list) -> list[Answer | None]:
+    """The answers of a pending file (None where a row is empty), every row checked against
+    the pairs asked."""
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
@@ -389,7 +414,7 @@ def read_answers(path: Path, pairs: np.ndarray, paths: list) -> list[Answer]:
         raise InputError(f"{path} lacks the column(s) {sorted(need - set(df.columns))}")
     if len(df) != len(pairs):
         raise InputError(f"{path} has {len(df)} rows but {len(pairs)} pairs were asked; do not add or delete rows")
-    answers, missing = [], []
+    answers = []
     for i, r in df.iterrows():
         line = i + 2  # the header is line 1
         try:
@@ -401,15 +426,12 @@ def read_answers(path: Path, pairs: np.ndarray, paths: list) -> list[Answer]:
             raise InputError(f"{path} line {line}: the row was changed (asked: {pu}, {pv} = {paths[pu]}, "
                              f"{paths[pv]}); only the 'answer' column may be edited")
         if not r["answer"].strip():
-            missing.append(line)
+            answers.append(None)
             continue
         try:
             answers.append(Answer.parse(r["answer"]))
         except InputError as err:
             raise InputError(f"{path} line {line}: {err}") from None
-    if missing:
-        raise InputError(f"{path}: lines {missing[:10]}{' ...' if len(missing) > 10 else ''} have no answer yet "
-                         "(same / different / unsure)")
     return answers
 
 

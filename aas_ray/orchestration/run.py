@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from aas_ray.checks import InputError
@@ -65,29 +66,44 @@ def start_run(cfg: Config, uri: str, parent_run_id: str | None = None, extra_tag
     return tracker, run_dir
 
 
+def train_until_pause(cfg: Config, run_dir: Path, tracker, uri: str, progress: bool, workers: int,
+                      experiment: Experiment | None) -> RunOutcome:
+    """Train from the run folder's state to the end or to the next cycle waiting for a person."""
+    if workers > 0:
+        from aas_ray.orchestration.ddp import train_distributed
+
+        result = train_distributed(cfg, run_dir, workers, uri, tracker.run_id)
+        if result.error is not None:
+            raise result.error
+        state = RunState.load(run_dir / "state.json")
+        pending = run_dir / f"pending-cycle-{state.pending['cycle']}.csv" if state.pending else None
+        return RunOutcome(state.finished, state.evals[-1] if state.evals else {}, pending)
+    return SpCLTrainer(cfg, run_dir, tracker, progress, experiment).run()
+
+
 def train_one(cfg: Config, uri: str, run_dir: Path | None = None, progress: bool = True,
               parent_run_id: str | None = None, extra_tags: dict | None = None, workers: int = 0,
-              experiment: Experiment | None = None) -> tuple[str, RunOutcome]:
-    """One strategy, start to finish (or resume, or up to a pause for a person's answers)."""
+              experiment: Experiment | None = None, serve: dict | None = None) -> tuple[str, RunOutcome]:
+    """One strategy, start to finish (or resume, or up to a pause for a person's answers).
+    With ``serve`` ({"host", "port"}), a pause serves the annotation page and training goes
+    on by itself once the cycle's pairs are answered."""
     if run_dir is None:
         tracker, run_dir = start_run(cfg, uri, parent_run_id, extra_tags)
     else:
         tracker = MlflowTracker(uri, RunState.load(run_dir / "state.json").tracking_run_id)
+    page = None
     with RunLock(run_dir):
         tracker.reopen()
         try:
-            if workers > 0:
-                from aas_ray.orchestration.ddp import train_distributed
+            outcome = train_until_pause(cfg, run_dir, tracker, uri, progress, workers, experiment)
+            while not outcome.finished and serve is not None:
+                from aas_ray.orchestration.annotate.page import Page
 
-                result = train_distributed(cfg, run_dir, workers, uri, tracker.run_id)
-                if result.error is not None:
-                    raise result.error
-                state = RunState.load(run_dir / "state.json")
-                pending = run_dir / f"pending-cycle-{state.pending['cycle']}.csv" if state.pending else None
-                outcome = RunOutcome(state.finished, state.evals[-1] if state.evals else {}, pending)
-            else:
-                trainer = SpCLTrainer(cfg, run_dir, tracker, progress, experiment)
-                outcome = trainer.run()
+                page = page or Page(run_dir, **serve)
+                tracker.set_tag("waiting_for", page.url)
+                page.wait_until_answered()
+                tracker.set_tag("waiting_for", "")
+                outcome = train_until_pause(cfg, run_dir, tracker, uri, progress, workers, experiment)
         except InputError:
             # Bad input found on the way (answers not filled in, a damaged file): the run is
             # not broken, it still waits for that input.
@@ -97,6 +113,9 @@ def train_one(cfg: Config, uri: str, run_dir: Path | None = None, progress: bool
         except BaseException:
             tracker.finish("FAILED")
             raise
+        finally:
+            if page is not None:
+                page.stop()
         if not outcome.finished:
             log.warning("%s", awaiting_message(outcome.pending_file, run_dir))
             tracker.set_tag("waiting_for", str(outcome.pending_file))
@@ -149,13 +168,17 @@ def mark_interrupted(output_dir: Path, uri: str) -> None:
                         run_dir.name, state.epoch_done, run_dir)
 
 
+def serve_options(args) -> dict | None:
+    return {"host": args.host, "port": args.port} if getattr(args, "serve", False) else None
+
+
 def run_cli(args, cfg: Config, strategies: list[str]) -> int:
     uri = resolve_tracking_uri(args.tracking_uri, cfg.tracking.tracking_uri)
     check_tracking_uri(uri)
     if args.resume:
         run_dir = find_run_dir(args.resume, cfg.output_dir)
         cfg = load_config(run_dir / "config.yaml")
-        run_id, outcome = train_one(cfg, uri, run_dir, workers=args.workers)
+        run_id, outcome = train_one(cfg, uri, run_dir, workers=args.workers, serve=serve_options(args))
         if outcome.finished:
             log.info("run %s finished: %s", run_id,
                      {k: round(v, 4) for k, v in outcome.final.items() if isinstance(v, float)})
@@ -167,9 +190,9 @@ def run_cli(args, cfg: Config, strategies: list[str]) -> int:
         prepare_experiment(cfg)  # fail fast on the data before Ray starts; workers reuse the feature cache
     rows = []
     for one in configs:
-        run_id, outcome = train_one(one, uri, workers=args.workers, experiment=experiment)
+        run_id, outcome = train_one(one, uri, workers=args.workers, experiment=experiment, serve=serve_options(args))
         rows.append({"strategy": one.al.strategy, "run_id": run_id, "finished": outcome.finished,
-                     **{k: outcome.final.get(k) for k in TABLE}})
+                     **({k: outcome.final.get(k) for k in TABLE} if outcome.finished else {})})
     known = {r["strategy"]: r["mAP"] for r in rows if r["strategy"] in ("none", "supervised") and r["finished"]}
     for r in rows:
         r["gap_closed"] = (log_gap_closed(uri, strategy_config(cfg, r["strategy"]), r["run_id"], r, known)
@@ -181,7 +204,9 @@ def run_cli(args, cfg: Config, strategies: list[str]) -> int:
         log.info("mAP against utilised budget, all strategies: %s", path)
     with pd.option_context("display.width", 200):
         print(f"{cfg.data.name}, seed {cfg.seed}: gap_closed = (mAP - mAP_none) / (mAP_supervised - mAP_none)")
-        print(table.drop(columns=["finished"]).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    log.info("results are in MLflow (%s), experiment %r: run `mlflow ui --backend-store-uri %s`", uri,
-             cfg.tracking.experiment, uri)
+        table["status"] = np.where(table["finished"], "finished", "waits for answers")
+        print(table.drop(columns=["finished"]).to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="-"))
+    log.info("results are in MLflow (%s), experiment %r: run `mlflow ui --backend-store-uri %s` and open "
+             "http://127.0.0.1:5000/#/experiments/%s/runs?workflowType=machine_learning", uri, cfg.tracking.experiment,
+             uri, MlflowTracker(uri, rows[0]["run_id"]).client.get_run(rows[0]["run_id"]).info.experiment_id)
     return 0

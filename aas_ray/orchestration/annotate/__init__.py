@@ -1,0 +1,1 @@
+"""The pair annotation page: ``aas-ray annotate`` and ``aas-ray run --serve``."""

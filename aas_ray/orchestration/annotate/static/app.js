@@ -1,0 +1,173 @@
+// The annotation page: one pair at a time, answered by keyboard or buttons. The server
+// journals every answer before it replies; the next pair's images are fetched while the
+// person looks at the current one, so an answer moves on at once.
+"use strict";
+
+const client = sessionStorage.getItem("aas-client") ||
+  (sessionStorage.setItem("aas-client", Math.random().toString(36).slice(2, 10)), sessionStorage.getItem("aas-client"));
+const $ = (id) => document.getElementById(id);
+let current = null, upcoming = null, full = false, busy = false, lastStatus = null, viewed = [];
+
+async function api(path, body) {
+  const r = await fetch("api/" + path, body === undefined ? {} :
+    {method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body)});
+  if (!r.ok) throw new Error((await r.text()) || r.statusText);
+  return r.json();
+}
+
+function imageUrl(i, size) { return `api/image/${i}?crop=${full ? 0 : 1}&max_side=${size || 1400}`; }
+
+function preload(pair) {
+  if (!pair) return Promise.resolve();
+  return Promise.all([pair.u, pair.v].map((i) => new Promise((res) => {
+    const im = new Image(); im.onload = im.onerror = res; im.src = imageUrl(i);
+  })));
+}
+
+function showStatus(s) {
+  lastStatus = s;
+  $("run").textContent = s.run;
+  $("cycle").textContent = s.cycle ?? "–";
+  $("progress").textContent = `${s.answered} / ${s.total}`;
+  $("bar").style.width = s.total ? `${100 * s.answered / s.total}%` : "0";
+  $("budget").textContent = `${s.asked_total} pairs asked · ${(100 * s.utilised_budget).toFixed(3)}% of all pairs`;
+  const done = s.waiting && s.complete;
+  $("done").hidden = !done;
+  $("idle").hidden = s.waiting;
+  $("annotate").hidden = !s.waiting || (done && !current);
+  if (done) {
+    $("done-total").textContent = s.total; $("done-cycle").textContent = s.cycle;
+    $("done-serve").hidden = !s.serve_mode; $("done-resume").hidden = s.serve_mode;
+    $("resume").textContent = s.resume;
+  }
+  if (!s.waiting) $("idle-note").textContent = s.finished ? "The run has finished." :
+    (s.serve_mode ? "Training is running; pairs appear here when the next cycle needs answers." :
+      "Nothing is pending for this run.");
+}
+
+function render(pair) {
+  current = pair;
+  if (!pair) { $("annotate").hidden = true; return; }
+  $("annotate").hidden = false;
+  $("pair-index").textContent = pair.i + 1; $("pair-total").textContent = pair.total;
+  $("u").textContent = pair.u; $("v").textContent = pair.v;
+  $("img-u").src = imageUrl(pair.u); $("img-v").src = imageUrl(pair.v);
+  $("pair-answer").textContent = pair.answer ? `answered: ${pair.answer.toLowerCase().replace("_", "-")}` : "";
+  for (const f of ["frame-u", "frame-v"]) $(f).classList.remove("zoomed");
+  if (!$("context").hidden) loadContext();
+  if (!viewed.includes(pair.i)) viewed.push(pair.i);
+}
+
+async function advance(after) {
+  const r = await api("next", {client, after});
+  showStatus(r);
+  return r.pair;
+}
+
+async function next() {
+  if (upcoming && upcoming.answer === null && upcoming.i !== (current && current.i)) {
+    render(upcoming);
+  } else {
+    render(await advance(current ? current.i : undefined));
+  }
+  upcoming = current ? await advance(current.i) : null;
+  if (upcoming && current && upcoming.i === current.i) upcoming = null;
+  preload(upcoming);
+}
+
+async function answer(kind) {
+  if (!current || busy) return;
+  busy = true;
+  try {
+    const r = await api("answer", {i: current.i, answer: kind, client});
+    showStatus(r);
+    if (r.status === "already") toast(`someone already answered this pair: ${r.answer.toLowerCase()}`);
+    if (r.status === "contradiction") { showConflict(kind, r.conflicts); return; }
+    await next();
+  } catch (e) { toast(e.message); } finally { busy = false; }
+}
+
+function showConflict(kind, conflicts) {
+  $("conflict-answer").textContent = kind; $("conflict-pair").textContent = `${current.u} and ${current.v}`;
+  $("conflict-list").innerHTML = conflicts.map((c) =>
+    `<li><img src="${imageUrl(c.u, 120)}"><img src="${imageUrl(c.v, 120)}"> images ${c.u} and ${c.v}: ` +
+    `<b>${c.answer === "MUST_LINK" ? "same" : c.answer === "CANNOT_LINK" ? "different" : "unsure"}</b> (cycle ${c.cycle})</li>`).join("");
+  $("conflict").hidden = false;
+}
+
+async function resolve(change) {
+  $("conflict").hidden = true;
+  if (change) {
+    const r = await api("answer", {i: current.i, answer: change, client, correct: true});
+    showStatus(r);
+    if (r.status === "contradiction") { showConflict(change, r.conflicts); return; }
+  }
+  await next();
+}
+
+async function undo() {
+  const r = await api("undo", {client});
+  showStatus(r);
+  if (r.status === "undone") { upcoming = null; render(await api(`pair/${r.i}`)); toast("answer withdrawn"); }
+}
+
+async function step(delta) {
+  if (!current) return;
+  const k = viewed.indexOf(current.i) + delta;
+  if (delta < 0 && k >= 0) render(await api(`pair/${viewed[k]}`));
+  else if (delta > 0) { if (k < viewed.length) render(await api(`pair/${viewed[k]}`)); else await next(); }
+}
+
+async function loadContext() {
+  $("cu").textContent = current.u; $("cv").textContent = current.v;
+  for (const [side, img] of [["ctx-u", current.u], ["ctx-v", current.v]]) {
+    const r = await api(`context/${img}`);
+    $(side).innerHTML = r.others.length ? r.others.map((j) => `<img title="image ${j}" src="${imageUrl(j, 200)}">`).join("")
+      : "<em>no other image in its group</em>";
+  }
+}
+
+function toast(text) {
+  $("toast").textContent = text; $("toast").hidden = false;
+  clearTimeout(toast.t); toast.t = setTimeout(() => { $("toast").hidden = true; }, 2500);
+}
+
+function zoom(frame, ev) {
+  const img = frame.querySelector("img");
+  if (frame.classList.toggle("zoomed")) {
+    const r = img.getBoundingClientRect();
+    img.style.transformOrigin = `${100 * (ev.clientX - r.left) / r.width}% ${100 * (ev.clientY - r.top) / r.height}%`;
+  }
+}
+
+$("same").onclick = () => answer("same");
+$("different").onclick = () => answer("different");
+$("unsure").onclick = () => answer("unsure");
+$("undo").onclick = undo;
+$("prev").onclick = () => step(-1);
+$("next").onclick = () => step(1);
+$("keep").onclick = () => resolve(null);
+$("change-same").onclick = () => resolve("same");
+$("change-different").onclick = () => resolve("different");
+$("change-unsure").onclick = () => resolve("unsure");
+$("toggle-full").onclick = () => { full = !full; render(current); };
+$("toggle-context").onclick = () => { $("context").hidden = !$("context").hidden; if (!$("context").hidden) loadContext(); };
+for (const f of ["frame-u", "frame-v"]) $(f).onclick = (ev) => zoom($(f), ev);
+
+document.addEventListener("keydown", (ev) => {
+  if (ev.ctrlKey || ev.metaKey || ev.altKey) return;
+  if (!$("conflict").hidden) { if (ev.key === "k" || ev.key === "Escape") resolve(null); return; }
+  const keys = {s: () => answer("same"), d: () => answer("different"), u: () => answer("unsure"), z: undo,
+    ArrowLeft: () => step(-1), ArrowRight: () => step(1), f: () => $("toggle-full").click(),
+    c: () => $("toggle-context").click()};
+  const f = keys[ev.key.length === 1 ? ev.key.toLowerCase() : ev.key];
+  if (f) { ev.preventDefault(); f(); }
+});
+
+async function poll() {
+  const s = await api("status");
+  showStatus(s);
+  if (s.waiting && !s.complete && !current) await next();
+}
+
+(async () => { await poll(); setInterval(() => { if (!current || lastStatus.complete || !lastStatus.waiting) poll(); }, 3000); })();
