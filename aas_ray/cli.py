@@ -145,6 +145,29 @@ def cmd_annotate(args) -> int:
     return 0
 
 
+def cmd_cache(args) -> int:
+    import shutil
+
+    from aas_ray.data.image_cache import cache_root, cache_usage
+
+    root = Path(args.cache_dir).expanduser()
+    if args.clear:
+        targets = {"images": [cache_root(root)], "features": [root / "features"],
+                   "all": [cache_root(root), root / "features"]}[args.clear]
+        for t in targets:
+            if t.exists():
+                shutil.rmtree(t)
+                log.info("removed %s", t)
+    rows = cache_usage(root)
+    feats = sorted((root / "features").glob("*.npy")) if (root / "features").is_dir() else []
+    print(f"cache {root}:")
+    for size, n, nbytes in rows:
+        print(f"  images {size:>9s}: {n:7d} files, {nbytes / 2**20:9.1f} MiB")
+    print(f"  features         : {len(feats):7d} files, {sum(f.stat().st_size for f in feats) / 2**20:9.1f} MiB")
+    print("  (remove with: aas-ray cache --clear images | features | all)")
+    return 0
+
+
 def cmd_tune(args) -> int:
     from aas_ray.orchestration.tune import tune_cli
 
@@ -199,6 +222,11 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--output-dir", default="runs", help="where run folders are (for a run id)")
     _add_page_args(a)
     a.set_defaults(func=cmd_annotate)
+
+    c = sub.add_parser("cache", help="what the image and feature caches hold; --clear removes them")
+    c.add_argument("--cache-dir", default="~/.cache/aas-ray")
+    c.add_argument("--clear", choices=["images", "features", "all"])
+    c.set_defaults(func=cmd_cache)
 
     t = sub.add_parser("tune", help="a Ray Tune study over datasets and config keys")
     t.add_argument("study", help="study YAML in tune_configs/")

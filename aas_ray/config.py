@@ -45,6 +45,8 @@ class DataConfig(_Strict):
     csv: str | None = Field(None, description="catalogue CSV for the 'csv' source")
     cache_dir: str = Field("~/.cache/aas-ray", description="synthetic images and feature cache")
     skip_bad_images: bool = Field(False, description="skip missing/corrupt images with a warning")
+    image_cache: bool = Field(
+        True, description="decode each photo once per input size into <cache_dir>/images (aas-ray cache shows it)")
     use_split: bool = Field(True, description="use the catalogue's split column when it has one")
     test_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="per-identity test share without a split column")
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
@@ -75,7 +77,10 @@ class ClusterConfig(_Strict):
     finch_partition: Literal["auto"] | int = Field(
         0, description="FINCH level of view B: 0 = finest; 'auto' = the level whose cluster count is closest "
         "to view A's")
-    finch_ann_threshold: int = Field(5000, ge=2)
+    knn: Literal["auto", "exact", "hnsw"] = Field(
+        "auto", description="kNN search: exact, HNSW, or auto (exact up to knn_exact_up_to images)")
+    knn_exact_up_to: int = Field(20_000, ge=2, description="auto: exact search up to this many images")
+    knn_recall: float = Field(0.99, gt=0.0, le=1.0, description="HNSW: recall@k1 to reach, measured on sampled queries")
     similarity: Literal["jaccard", "cosine"] = "jaccard"
 
     def view_params(self) -> dict:

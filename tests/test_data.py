@@ -1,6 +1,10 @@
+import os
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 from aas_ray.config import DataConfig, SyntheticConfig
@@ -116,3 +120,76 @@ def test_liondata(lion_root):
     cat = load_catalogue(DataConfig(name="LionData", root=str(lion_root)))
     assert len(cat) == 740 and cat.n_identities == 94
     assert all((cat.root / p).is_file() for p in cat.df["path"][:20])
+
+
+def photo(path, w=1600, h=1200, seed=0):
+    """A camera-sized JPEG with structure at every scale."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 255, (h // 40, w // 40, 3), dtype=np.uint8)
+    img = Image.fromarray(small).resize((w, h), Image.BICUBIC)
+    arr = np.asarray(img).astype(np.int16) + rng.integers(-20, 20, (h, w, 3))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(path, quality=92)
+
+
+def test_jpeg_draft_decode_keeps_the_box_in_place(tmp_path):
+    from aas_ray.data.images import load_rgb
+
+    photo(tmp_path / "p.jpg")
+    box = [400, 300, 640, 480]
+    full = np.asarray(load_rgb(tmp_path / "p.jpg", box).resize((64, 64), Image.BICUBIC), dtype=float)
+    fast = np.asarray(load_rgb(tmp_path / "p.jpg", box, (64, 64)).resize((64, 64), Image.BICUBIC), dtype=float)
+    with Image.open(tmp_path / "p.jpg") as im:
+        im.draft("RGB", (200, 150))
+        assert im.size[0] < 1600  # this JPEG does decode at a reduced scale
+    # the same region, at a reduced decode: close pixel for pixel (a misplaced box would not be)
+    assert np.abs(full - fast).mean() < 6
+    shifted = np.asarray(load_rgb(tmp_path / "p.jpg", [460, 340, 640, 480]).resize((64, 64), Image.BICUBIC), dtype=float)
+    assert np.abs(full - shifted).mean() > 3 * np.abs(full - fast).mean()
+
+
+def test_image_cache_gives_the_same_pixels_and_follows_file_changes(tmp_path):
+    from aas_ray.data.catalogue import Catalogue
+    from aas_ray.data.image_cache import cache_usage, cached_catalogue
+    from aas_ray.data.images import CatalogueImages, test_transform
+
+    for i in range(4):
+        photo(tmp_path / "data" / f"id{i % 2}" / f"{i}.jpg", seed=i)
+    cat = load_catalogue(DataConfig(name="folder", root=str(tmp_path / "data")))
+    cat.df["bbox"] = ["[100, 100, 800, 600]", None, "[0, 0, 1600, 1200]", None]
+    cached = cached_catalogue(cat, (96, 96), tmp_path / "cache", progress=False)
+    assert cached.cached_size == (96, 96) and all(Path(p).is_file() for p in cached.df["cached"])
+    t = test_transform((96, 96))
+    direct = CatalogueImages(cat, t, (96, 96))
+    via = CatalogueImages(cached.subset([0, 1, 2, 3]), t, (96, 96))
+    assert via.cached is not None and direct.cached is None
+    for i in range(4):
+        assert torch.equal(direct[i][0], via[i][0])  # lossless: the very same network input
+    assert cache_usage(tmp_path / "cache")[0][:2] == ("96x96", 4)
+    # a rewritten photo gets a new copy; the others are reused
+    before = list(cached.df["cached"])
+    photo(tmp_path / "data" / "id0" / "0.jpg", seed=99)
+    os.utime(tmp_path / "data" / "id0" / "0.jpg", ns=(1, 10**18))
+    again = cached_catalogue(cat, (96, 96), tmp_path / "cache", progress=False)
+    assert again.df["cached"][0] != before[0] and list(again.df["cached"][1:]) == before[1:]
+    # a corrupt photo is named, or skipped on request
+    (tmp_path / "data" / "id1" / "3.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    cat2 = load_catalogue(DataConfig(name="folder", root=str(tmp_path / "data")))
+    with pytest.raises(ImageLoadError, match=r"corrupt or unreadable image: .*3.jpg"):
+        cached_catalogue(cat2, (96, 96), tmp_path / "cache", progress=False)
+    kept = cached_catalogue(cat2, (96, 96), tmp_path / "cache", skip_bad=True, progress=False)
+    assert len(kept) == 3 and kept.df.attrs["skipped_images"] == 1
+
+
+def test_cache_command_lists_and_clears(tmp_path, capsys):
+    from aas_ray.cli import main
+    from aas_ray.data.image_cache import cached_catalogue
+
+    photo(tmp_path / "data" / "a" / "1.jpg")
+    photo(tmp_path / "data" / "b" / "1.jpg", seed=1)
+    cached_catalogue(load_catalogue(DataConfig(name="folder", root=str(tmp_path / "data"))), (64, 64),
+                     tmp_path / "cache", progress=False)
+    assert main(["cache", "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert "64x64:       2 files" in capsys.readouterr().out
+    assert main(["cache", "--cache-dir", str(tmp_path / "cache"), "--clear", "images"]) == 0
+    assert not (tmp_path / "cache" / "images").exists()

@@ -69,3 +69,58 @@ def test_eps_auto_in_views_and_config():
         load_config(None, ["cluster.eps=1.5"])
     with pytest.raises(ConfigError, match="cluster.eps"):
         load_config(None, ["cluster.eps=big"])
+
+
+def finch_clust_reference(x, first):
+    """finch-clust itself on the same input (the package this implementation must match)."""
+    import contextlib
+    import io
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # pynndescent absent: never used on this path
+        from finch import FINCH
+    with contextlib.redirect_stdout(io.StringIO()):
+        c, counts, _ = FINCH(x, initial_rank=first, distance="cosine", ann_threshold=10**9, verbose=False)
+    return np.asarray(c).reshape(x.shape[0], -1), [int(k) for k in counts]
+
+
+def same_partition(a, b):
+    from sklearn.metrics import adjusted_rand_score
+
+    return adjusted_rand_score(a, b) == 1.0
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_finch_from_the_neighbour_graph_matches_finch_clust(seed):
+    from aas_ray.cluster.finch import finch_levels
+    from aas_ray.cluster.knn import knn_search
+
+    rng = np.random.default_rng(seed)
+    x, _ = mixture(int(rng.integers(150, 700)), 16, int(rng.integers(10, 80)), spread=float(rng.uniform(0.3, 1.0)),
+                   seed=seed)
+    first = first_non_self_neighbour(knn_search(x, 5).idx)
+    ours, counts = finch_levels(x, first, knn_method="exact")
+    ref, ref_counts = finch_clust_reference(x, first)
+    assert counts == ref_counts and ours.shape == ref.shape
+    for level in range(ref.shape[1]):
+        assert same_partition(ours[:, level], ref[:, level]), level
+
+
+def test_approximate_knn_reports_its_measured_recall():
+    from aas_ray.cluster.knn import knn_search, recall_at_k
+
+    # identity clusters inside family clusters: what trained re-ID features look like
+    rng = np.random.default_rng(0)
+    fam = rng.normal(size=(40, 32))
+    ids = fam[rng.integers(0, 40, 400)] + 0.5 * rng.normal(size=(400, 32))
+    x = ids[rng.integers(0, 400, 3000)] + 0.25 * rng.normal(size=(3000, 32))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    exact = knn_search(x, 10)
+    approx = knn_search(x, 10, method="auto", exact_up_to=1000, target_recall=0.98)
+    assert exact.method == "exact" and approx.method.startswith("hnsw")
+    assert approx.recall >= 0.98  # measured on sampled queries against exact search for them ...
+    assert recall_at_k(approx.idx, exact.idx) >= 0.97  # ... and it holds for all queries
+    assert knn_search(x, 10, method="auto", exact_up_to=5000).method == "exact"
+    v = build_views(x, k1=10, k2=3, knn="hnsw", knn_recall=0.98, need_b=False)
+    assert v.knn_method.startswith("hnsw") and v.knn_recall >= 0.98

@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
 
-with warnings.catch_warnings():
-    # finch-clust warns when pynndescent is absent; we never take that path (see below).
-    warnings.simplefilter("ignore", UserWarning)
-    from finch import FINCH
 from sklearn.cluster import DBSCAN
 
 from aas_ray.checks import InputError
+from aas_ray.cluster.finch import finch_levels
 from aas_ray.cluster.jaccard import JaccardGraph, jaccard_graph
 from aas_ray.cluster.knn import knn_search
 
@@ -96,31 +90,12 @@ def first_non_self_neighbour(knn_idx: np.ndarray) -> np.ndarray:
 
 
 def finch_partitions(
-    x: np.ndarray, first_neighbour: np.ndarray | None = None, ann_threshold: int = 5000
+    x: np.ndarray, first_neighbour: np.ndarray, knn: str = "auto", exact_up_to: int = 20_000,
+    target_recall: float = 0.99,
 ) -> tuple[np.ndarray, list[int]]:
-    """All FINCH partitions (finest first) of unit features with cosine distance.
-
-    Passing the exact first neighbour from our FAISS search skips FINCH's own O(n^2)
-    level-0 search. Coarser levels with more than ``ann_threshold`` clusters use
-    FAISS HNSW inside finch-clust rather than a dense pairwise matrix.
-    """
-    if x.shape[0] < 2:
-        return np.zeros((x.shape[0], 1), dtype=np.int64), [x.shape[0]]
-    # finch-clust prints progress on stdout; route it to the log instead.
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        c, num_clust, _ = FINCH(
-            x,
-            initial_rank=first_neighbour,
-            distance="cosine",
-            ann_threshold=ann_threshold,
-            faiss_threshold=ann_threshold + 1,
-            verbose=False,
-            random_state=0,
-        )
-    if buf.getvalue().strip():
-        log.debug("FINCH: %s", buf.getvalue().strip())
-    return np.asarray(c, dtype=np.int64).reshape(x.shape[0], -1), [int(k) for k in num_clust]
+    """All FINCH partitions (finest first) of unit features with cosine distance, from each
+    image's first neighbour (see :mod:`aas_ray.cluster.finch`)."""
+    return finch_levels(x, first_neighbour, knn, exact_up_to, target_recall)
 
 
 def choose_partition(num_clusters: list[int], partition: str | int, target: int) -> int:
@@ -147,6 +122,8 @@ class ClusterViews:
     tight: np.ndarray | None = None
     loose: np.ndarray | None = None
     finch_level: int | None = None
+    knn_method: str = "exact"
+    knn_recall: float = 1.0  # measured on sampled queries when the search was approximate
 
 
 def build_views(
@@ -158,7 +135,9 @@ def build_views(
     min_samples: int = 4,
     jaccard_min_sim: float = 0.01,
     finch_partition: str | int = "auto",
-    finch_ann_threshold: int = 5000,
+    knn: str = "auto",
+    knn_exact_up_to: int = 20_000,
+    knn_recall: float = 0.99,
     eps_gap: float = 0.02,
     self_paced: bool = False,
     need_b: bool = True,
@@ -172,18 +151,19 @@ def build_views(
     builds SpCL's views at eps ∓ ``eps_gap`` (docs/method.md §10); ``need_b=False`` skips
     FINCH (epochs without an AL cycle need only view A).
     """
-    knn = knn_search(x, k1, use_gpu=use_gpu)
+    nb = knn_search(x, k1, use_gpu=use_gpu, method=knn, exact_up_to=knn_exact_up_to, target_recall=knn_recall)
 
     def view_a():
-        graph = jaccard_graph(x, k1, k2, use_gpu=use_gpu, knn=knn, min_sim=jaccard_min_sim)
+        graph = jaccard_graph(x, k1, k2, use_gpu=use_gpu, knn=nb, min_sim=jaccard_min_sim)
         radius = resolve_eps(graph, eps, min_samples)
         return graph, radius, dbscan_view(graph, radius, min_samples)
 
     with ThreadPoolExecutor(2) as pool:
         fa = pool.submit(view_a)
-        fb = pool.submit(finch_partitions, x, first_non_self_neighbour(knn[1]), finch_ann_threshold) if need_b else None
+        fb = pool.submit(finch_partitions, x, first_non_self_neighbour(nb.idx), knn, knn_exact_up_to,
+                         knn_recall) if need_b else None
         graph, radius, a = fa.result()
-        views = ClusterViews(graph, radius, a)
+        views = ClusterViews(graph, radius, a, knn_method=nb.method, knn_recall=nb.recall)
         if self_paced:
             views.tight = dbscan_view(graph, max(radius - eps_gap, 1e-3), min_samples)
             views.loose = dbscan_view(graph, min(radius + eps_gap, 0.999), min_samples)

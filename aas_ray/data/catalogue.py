@@ -21,6 +21,8 @@ class Catalogue:
     name: str
     root: Path
     df: pd.DataFrame
+    # (height, width) of the image cache copies listed in the ``cached`` column, if any
+    cached_size: tuple[int, int] | None = None
 
     def __post_init__(self):
         self.root = Path(self.root)
@@ -46,7 +48,7 @@ class Catalogue:
         return h.hexdigest()[:16]
 
     def subset(self, rows) -> "Catalogue":
-        return Catalogue(self.name, self.root, self.df.iloc[rows].reset_index(drop=True))
+        return Catalogue(self.name, self.root, self.df.iloc[rows].reset_index(drop=True), self.cached_size)
 
 
 def validate_frame(df: pd.DataFrame, name: str) -> pd.DataFrame:

@@ -22,20 +22,34 @@ class ImageLoadError(DatasetError):
     pass
 
 
-def load_rgb(path: Path, bbox=None) -> Image.Image:
-    """Open one image as RGB (cropped to ``bbox`` = [x, y, w, h] when given), or raise naming it."""
+def load_rgb(path: Path, bbox=None, size: tuple[int, int] | None = None) -> Image.Image:
+    """Open one image as RGB (cropped to ``bbox`` = [x, y, w, h] when given), or raise naming it.
+
+    With ``size`` (height, width: what the image will be resized to), a JPEG is decoded at
+    the smallest of its built-in reductions (1/2, 1/4, 1/8) that still leaves the crop at
+    least that large: a 6-megapixel photo for a 128-pixel network decodes ~8x faster, and
+    the pixels are the same whether they come from here or from the image cache.
+    """
+    box = None
+    if bbox is not None and not (isinstance(bbox, float) and np.isnan(bbox)):
+        box = _parse_bbox(bbox)
     try:
         with Image.open(path) as im:
+            full = im.size
+            if size is not None and im.format == "JPEG":
+                cw, ch = (box[2], box[3]) if box is not None else full
+                scale = max(size[1] / max(cw, 1), size[0] / max(ch, 1))
+                if scale < 1:
+                    im.draft("RGB", (int(np.ceil(full[0] * scale)), int(np.ceil(full[1] * scale))))
             im = im.convert("RGB")
     except FileNotFoundError:
         raise ImageLoadError(f"image not found: {path}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise ImageLoadError(f"corrupt or unreadable image: {path} ({err})") from None
-    if bbox is not None and not (isinstance(bbox, float) and np.isnan(bbox)):
-        box = _parse_bbox(bbox)
-        if box is not None:
-            x, y, w, h = box
-            im = im.crop((int(x), int(y), int(x + w), int(y + h)))
+    if box is not None:
+        sx, sy = im.size[0] / full[0], im.size[1] / full[1]
+        x, y, w, h = box
+        im = im.crop((int(x * sx), int(y * sy), int((x + w) * sx), int((y + h) * sy)))
     return im
 
 
@@ -102,18 +116,25 @@ def test_transform(size: tuple[int, int], mean_std=None) -> T.Compose:
 
 
 class CatalogueImages(Dataset):
-    """(image tensor, index) for every row of a catalogue."""
+    """(image tensor, index) for every row of a catalogue, read from the image cache when the
+    catalogue has one (a ``cached`` column: copies at the network's input size)."""
 
-    def __init__(self, cat: Catalogue, transform):
+    def __init__(self, cat: Catalogue, transform, size: tuple[int, int] | None = None):
         self.paths = cat.abs_paths()
         self.bboxes = cat.df["bbox"].tolist() if "bbox" in cat.df.columns else [None] * len(cat)
+        same = size is not None and cat.cached_size == tuple(size) and "cached" in cat.df.columns
+        self.cached = cat.df["cached"].tolist() if same else None
+        self.size = tuple(size) if size is not None else None
         self.transform = transform
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int):
-        return self.transform(load_rgb(self.paths[i], self.bboxes[i])), i
+        if self.cached is not None:
+            with Image.open(self.cached[i]) as im:
+                return self.transform(im.convert("RGB")), i
+        return self.transform(load_rgb(self.paths[i], self.bboxes[i], self.size)), i
 
 
 class PKSampler(Sampler):

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from aas_ray.data import Catalogue, load_catalogue
+from aas_ray.data.image_cache import cached_catalogue
 from aas_ray.data.images import check_images
 from aas_ray.eval import OpenSetSplit, identity_aware_split, open_set_split
 from aas_ray.models import FeatureCache, build_model, extract_features, resolve_device
@@ -30,8 +31,13 @@ class PreparedData:
 
 
 def prepare_data(cfg, progress: bool = True) -> PreparedData:
-    """Catalogue with every image checked, and the train/test assignment (docs/method.md §11)."""
-    cat = check_images(load_catalogue(cfg.data, progress), cfg.data.skip_bad_images)
+    """Catalogue with every image checked (and, with ``data.image_cache``, decoded once at the
+    network's input size), and the train/test assignment (docs/method.md §11)."""
+    cat = load_catalogue(cfg.data, progress)
+    if cfg.data.image_cache:
+        cat = cached_catalogue(cat, tuple(cfg.model.image_size), cfg.data.cache_dir, cfg.data.skip_bad_images, progress)
+    else:
+        cat = check_images(cat, cfg.data.skip_bad_images)
     if cfg.data.use_split and "split" in cat.df.columns:
         is_test = (cat.df["split"] == "test").to_numpy()
     else:

@@ -308,7 +308,8 @@ class SpCLTrainer:
     def train_epoch(self, labels: np.ndarray, epoch: int) -> dict:
         cfg = self.cfg.train
         self.memory.labels.copy_(torch.from_numpy(labels).to(self.device))
-        ds = CatalogueImages(self.train_cat, train_transform(tuple(self.cfg.model.image_size), self.model.mean_std))
+        size = tuple(self.cfg.model.image_size)
+        ds = CatalogueImages(self.train_cat, train_transform(size, self.model.mean_std), size)
         order = np.fromiter(PKSampler(labels, cfg.batch_size, cfg.num_instances, cfg.iters,
                                       seed=self.cfg.seed * 1000 + epoch), dtype=np.int64)
         batches = order[: order.size // cfg.batch_size * cfg.batch_size].reshape(-1, cfg.batch_size).tolist()

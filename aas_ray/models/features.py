@@ -28,7 +28,7 @@ def extract_features(
 ) -> np.ndarray:
     """L2-normalised embeddings of every catalogue image, in catalogue order."""
     device = torch.device(device)
-    ds = CatalogueImages(cat, test_transform(tuple(image_size), model.mean_std))
+    ds = CatalogueImages(cat, test_transform(tuple(image_size), model.mean_std), tuple(image_size))
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
                         collate_fn=to_tensor_batch, persistent_workers=False)
     was_training = model.training
@@ -50,7 +50,8 @@ class FeatureCache:
         self.dir = Path(os.path.expanduser(str(cache_dir))) / "features"
 
     def key(self, cat: Catalogue, model_cfg) -> str:
-        blob = "|".join([cat.name, cat.fingerprint(), weights_id(model_cfg), str(tuple(model_cfg.image_size))])
+        # "draft1": JPEGs decoded at a reduced scale before resizing (aas_ray.data.images.load_rgb)
+        blob = "|".join([cat.name, cat.fingerprint(), weights_id(model_cfg), str(tuple(model_cfg.image_size)), "draft1"])
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
     def get_or_compute(self, cat: Catalogue, model_cfg, compute) -> np.ndarray:
