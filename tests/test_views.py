@@ -124,3 +124,19 @@ def test_approximate_knn_reports_its_measured_recall():
     assert knn_search(x, 10, method="auto", exact_up_to=5000).method == "exact"
     v = build_views(x, k1=10, k2=3, knn="hnsw", knn_recall=0.98, need_b=False)
     assert v.knn_method.startswith("hnsw") and v.knn_recall >= 0.98
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_cluster_counts_at_every_radius_equal_dbscan(seed):
+    from aas_ray.cluster.views import cluster_counts
+
+    rng = np.random.default_rng(seed)
+    x, _ = mixture(int(rng.integers(200, 500)), 16, int(rng.integers(15, 60)), spread=float(rng.uniform(0.4, 0.9)),
+                   seed=seed)
+    g = jaccard_graph(x, 15, 4)
+    grid = np.round(np.arange(0.2, 0.9, 0.05), 2)
+    for ms in (2, 4, 6):
+        counts = cluster_counts(g, grid, ms)
+        for e, c in zip(grid, counts):
+            lab = dbscan_view(g, float(e), ms)
+            assert c == np.unique(lab[lab >= 0]).size, (ms, e)

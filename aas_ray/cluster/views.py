@@ -12,6 +12,7 @@ import scipy.sparse as sp
 from sklearn.cluster import DBSCAN
 
 from aas_ray.checks import InputError
+from aas_ray.cluster._radius_kernels import sweep_counts
 from aas_ray.cluster.finch import finch_levels
 from aas_ray.cluster.jaccard import JaccardGraph, jaccard_graph
 from aas_ray.cluster.knn import knn_search
@@ -48,8 +49,35 @@ def dbscan_view(graph: JaccardGraph, eps: float = 0.6, min_samples: int = 4) -> 
     return _dbscan(_eps_graph(graph, eps), eps, min_samples)
 
 
-# Coarse radii tried by ``auto_eps``, then refined in steps of 0.01 around the best.
+# Coarse radii ``auto_eps`` compares, then refined in steps of 0.01 around the best.
 AUTO_EPS_GRID = tuple(np.round(np.arange(0.20, 0.90, 0.05), 2))
+
+
+def cluster_counts(graph: JaccardGraph, eps_values, min_samples: int = 4) -> np.ndarray:
+    """The number of clusters DBSCAN finds at each radius, all in one pass (no DBSCAN run).
+
+    DBSCAN's clusters are the connected components of its core points (points with at
+    least ``min_samples`` neighbours within the radius, themselves included), two core
+    points being linked when they are within the radius; border points join a cluster but
+    never make one. A point is core from its ``min_samples``-th smallest distance on, and an
+    edge links two core points from max(d_ij, core_i, core_j) on: one sweep over the edges
+    sorted by that weight, with a union-find, counts the components at every radius.
+    """
+    eps_values = np.asarray(eps_values, dtype=np.float64)
+    d = _eps_graph(graph, float(eps_values.max()))  # rows sorted by distance
+    n = d.shape[0]
+    starts, ends = d.indptr[:-1], d.indptr[1:]
+    has = (ends - starts) >= min_samples
+    core = np.full(n, np.inf)
+    core[has] = d.data[starts[has] + min_samples - 1]
+    rows = np.repeat(np.arange(n), np.diff(d.indptr))
+    cols = d.indices.astype(np.int64)
+    upper = cols > rows
+    u, v = rows[upper], cols[upper]
+    w = np.maximum(d.data[upper].astype(np.float64), np.maximum(core[u], core[v]))
+    order = np.argsort(w, kind="stable")
+    core_order = np.argsort(core, kind="stable")
+    return sweep_counts(n, core_order, core, u[order], v[order], w[order], eps_values)
 
 
 def auto_eps(graph: JaccardGraph, min_samples: int = 4) -> float:
@@ -61,19 +89,18 @@ def auto_eps(graph: JaccardGraph, min_samples: int = 4) -> float:
     with a single region). As eps grows, the count of clusters first rises (dense groups
     form) and then falls (groups merge); its peak is the finest radius at which the
     data's groups exist, whatever the dataset's size or feature quality. Ties go to the
-    largest radius (the same groups, fewer images left as noise).
+    largest radius (the same groups, fewer images left as noise). The radii are compared on
+    a coarse grid, then in steps of 0.01 around its best; the counts at all of them come from
+    one sweep (:func:`cluster_counts`).
     """
-    d = _eps_graph(graph, max(AUTO_EPS_GRID) + 0.05)
-
-    def count(eps: float) -> int:
-        labels = _dbscan(d, eps, min_samples)
-        return int(np.unique(labels[labels >= 0]).size)
-
-    coarse = {e: count(e) for e in AUTO_EPS_GRID}
+    fine = np.round(np.arange(min(AUTO_EPS_GRID) - 0.04, max(AUTO_EPS_GRID) + 0.045, 0.01), 2)
+    fine = fine[(fine > 0) & (fine < 1)]
+    count = dict(zip(fine.tolist(), cluster_counts(graph, fine, min_samples).tolist()))
+    coarse = {e: count[e] for e in AUTO_EPS_GRID}
     best = max(coarse, key=lambda e: (coarse[e], e))
-    fine = {e: count(e) for e in np.round(np.arange(best - 0.04, best + 0.045, 0.01), 2) if 0.0 < e < 1.0}
-    fine.update(coarse)
-    return float(max(fine, key=lambda e: (fine[e], e)))
+    near = {e: c for e, c in count.items() if abs(e - best) <= 0.04 + 1e-9}
+    near.update(coarse)
+    return float(max(near, key=lambda e: (near[e], e)))
 
 
 def resolve_eps(graph: JaccardGraph, eps: float | str, min_samples: int) -> float:
