@@ -145,6 +145,18 @@ def cmd_annotate(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from aas_ray.orchestration.report import build_report
+    from aas_ray.orchestration.tracking import check_tracking_uri, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(args.tracking_uri, None)
+    check_tracking_uri(uri)
+    out = build_report(uri, args.study, args.experiment, Path(args.out) if args.out else None, args.run_id)
+    print(f"report: {out / 'report.html'}")
+    print((out / "table1.csv").read_text())
+    return 0
+
+
 def cmd_cache(args) -> int:
     import shutil
 
@@ -222,6 +234,14 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--output-dir", default="runs", help="where run folders are (for a run id)")
     _add_page_args(a)
     a.set_defaults(func=cmd_annotate)
+
+    rp = sub.add_parser("report", help="Table 1 and budget curves of a study, rebuilt from the tracking store")
+    rp.add_argument("study", help="the study's name (its `study:` key)")
+    rp.add_argument("--tracking-uri")
+    rp.add_argument("--experiment", default="aas-ray")
+    rp.add_argument("--run-id", help="a parent run id (default: the study's newest)")
+    rp.add_argument("--out", help="folder for report.html and the PNGs (default: report-<study>)")
+    rp.set_defaults(func=cmd_report)
 
     c = sub.add_parser("cache", help="what the image and feature caches hold; --clear removes them")
     c.add_argument("--cache-dir", default="~/.cache/aas-ray")

@@ -97,7 +97,7 @@ class ClusterConfig(_Strict):
 
 
 # ``supervised`` is the skyline: the ground-truth identities of the training images as labels.
-Strategy = Literal["none", "random", "aas", "supervised"]
+Strategy = Literal["none", "random", "aas", "nis", "farthest-nearest", "uncertainty", "nearest", "supervised"]
 DEFAULT_BUDGET_FRACTION = 0.0002
 
 
@@ -117,6 +117,8 @@ class ALConfig(_Strict):
         "ask what earlier cycles left")
     cycles: int = Field(5, ge=0)
     every: int = Field(10, ge=1, description="epochs between AL cycles")
+    nis_tau: float = Field(0.5, gt=0.0, description="NIS: temperature of the neighbour softmax (Perez et al.: 0.5)")
+    nis_neighbours: int = Field(5, ge=2, description="NIS: neighbours drawn per sampled vertex")
     oracle: Literal["simulated", "human"] = "simulated"
     oracle_noise: float = Field(0.0, ge=0.0, le=1.0)
 

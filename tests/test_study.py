@@ -71,3 +71,34 @@ def test_no_aggregate_without_repeats():
     assert aggregate(pd.DataFrame({"data.name": ["s"], "al.epsilon": [0.2], "mAP": [0.1]}), study) is None
     agg = pd.DataFrame({"data.name": ["s"], "mAP_mean": [0.5], "mAP_sd": [np.nan], "repeats": [1]})
     assert "50.0 ± 0.0" in format_aggregate(agg)
+
+
+def test_report_rebuilds_table_one_and_curves_from_the_store(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from aas_ray.orchestration.report import build_report
+    from aas_ray.orchestration.tracking import MlflowTracker
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    parent = MlflowTracker.create(uri, "aas-ray", "study-cmp", {"study": "cmp", "kind": "train"})
+    final = {("none", 0): 0.20, ("aas", 0): 0.30, ("supervised", 0): 0.40,
+             ("none", 1): 0.10, ("aas", 1): 0.25, ("supervised", 1): 0.40, ("random", 0): 0.22, ("random", 1): 0.12}
+    for (s, seed), m in final.items():
+        t = MlflowTracker.create(uri, "aas-ray", f"{s}-{seed}", {"study": "cmp", "dataset": "synthetic", "strategy": s},
+                                 parent.run_id)
+        t.log_params({"seed": seed})
+        for step, frac in ((0, 0.0), (2, 0.5), (4, 1.0)):
+            pairs = 0 if s in ("none", "supervised") else 100 * step
+            t.log_metrics({"eval/mAP": 0.15 + frac * (m - 0.15), "eval/pairs": pairs, "eval/top1": m,
+                           "eval/utilised_budget": pairs / 1e5}, step=step)
+        t.finish()
+    out = build_report(uri, "cmp", out=tmp_path / "rep")
+    table = pd.read_csv(out / "table1.csv")
+    aas = table[(table["dataset"] == "synthetic") & (table["strategy"] == "aas")].iloc[0]
+    assert aas["mAP"] == "27.5 ± 3.5" and aas["gap_closed"] == "50.0 ± 0.0" and aas["n"] == 2
+    rnd = table[(table["dataset"] == "synthetic") & (table["strategy"] == "random")].iloc[0]
+    assert rnd["gap_closed"] == "8.3 ± 2.4"  # (22-20)/(40-20) = 10 % and (12-10)/(40-10) = 6.7 %
+    assert list(table["strategy"][:4]) == ["none", "random", "aas", "supervised"]
+    assert (out / "curve-synthetic.png").stat().st_size > 10_000 and "Table 1" in (out / "report.html").read_text()
+    arts = {a.path for a in MlflowClient(uri).list_artifacts(parent.run_id, "report")}
+    assert {"report/report.html", "report/table1.csv", "report/curve-synthetic.png"} <= arts

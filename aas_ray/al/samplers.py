@@ -40,6 +40,11 @@ class Views:
     labels_a: np.ndarray
     labels_b: np.ndarray
     pair_sim: object
+    # what some baselines need besides: the kNN lists, the Jaccard graph, DBSCAN's radius
+    knn_idx: np.ndarray | None = None
+    knn_sim: np.ndarray | None = None
+    jaccard: object = None
+    eps: float | None = None
 
     def __post_init__(self):
         self.features = unit_features(self.features)
@@ -152,7 +157,10 @@ class RandomSampler:
         return Proposal(draw, {"pool_open": total - len(store.annotations)})
 
 
-SAMPLERS = {"aas": AASSampler, "random": RandomSampler}
+from aas_ray.al.baselines import FarthestNearestSampler, NearestSampler, NISSampler, UncertaintySampler  # noqa: E402
+
+SAMPLERS = {"aas": AASSampler, "random": RandomSampler, "nis": NISSampler, "farthest-nearest": FarthestNearestSampler,
+            "uncertainty": UncertaintySampler, "nearest": NearestSampler}
 
 
 def make_sampler(strategy: str, **params) -> PairSampler:

@@ -26,8 +26,8 @@ from aas_ray.experiment.annotations import AnnotationJournal
 log = logging.getLogger(__name__)
 
 # Strategies that ask an oracle; ``none`` (plain SpCL) and ``supervised`` (the skyline) do not.
-SAMPLED = ("random", "aas")
-POOLS = ("os", "us", "random")
+SAMPLED = ("random", "aas", "nis", "farthest-nearest", "uncertainty", "nearest")
+POOLS = ("os", "us", "random", "nis", "fn", "bound", "near")
 
 
 def pair_similarity(kind: str, views: ClusterViews, x: np.ndarray):
@@ -38,7 +38,8 @@ def pair_similarity(kind: str, views: ClusterViews, x: np.ndarray):
 
 def sampler_for(al):
     """The sampler of ``al.strategy`` with the AAS parameters of the ``al`` config section."""
-    return make_sampler(al.strategy, epsilon=al.epsilon, k_max=al.k_max, s_min=al.s_min, pi=al.pi)
+    return make_sampler(al.strategy, epsilon=al.epsilon, k_max=al.k_max, s_min=al.s_min, pi=al.pi, tau=al.nis_tau,
+                        neighbours=al.nis_neighbours)
 
 
 @dataclass
@@ -152,9 +153,12 @@ class ALCycle:
     def run(self, c: int, x: np.ndarray, views: ClusterViews) -> CycleOutcome:
         budget = self.budget_left(c)
         sim = pair_similarity(self.cfg.cluster.similarity, views, x)
-        prop = self.sampler.propose(Views(x, views.labels_a, views.labels_b, sim), self.store, budget, self.rng)
+        g = views.graph
+        prop = self.sampler.propose(Views(x, views.labels_a, views.labels_b, sim, g.knn_idx, g.knn_sim, g, views.eps),
+                                    self.store, budget, self.rng)
         d = prop.draw
         stats = dict(prop.stats, budget=budget, notes=explain(views, prop.stats, budget, self.cfg))
+        self._nis = stats.pop("nis_samples", None)
         pending = Pending(c, d.pairs, d.pool, d.pair_type, d.probability, stats)
         if self.oracle is None and len(d):
             return CycleOutcome(pending=pending)
@@ -199,6 +203,12 @@ class ALCycle:
                "cannot_link": counts["cannot_link"], "ml_cl_ratio": counts["must_link"] / max(counts["cannot_link"], 1),
                "utilised_budget": counts["asked"] / total_pairs(self.n), "contradictions": counts["contradictions"],
                "notes": " | ".join(stats.get("notes", []))}
+        if getattr(self, "_nis", None) is not None:
+            # NIS's own output: how many individuals the answers say there are
+            from aas_ray.al.baselines import NISSampler
+
+            est, ci, used = NISSampler.estimate(self._nis, self.store)
+            row.update(individuals=est, individuals_ci95=ci, individuals_vertices=used)
         log.info("AL cycle %d (%s): %d pairs asked, %s regions, |U_os|=%s, |U_us|=%s, utilised %.4f%%", asked.cycle,
                  self.cfg.al.strategy, this_cycle, stats.get("regions", "-"), stats.get("U_os", "-"),
                  stats.get("U_us", "-"), 100 * row["utilised_budget"])

@@ -82,7 +82,9 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> tuple[St
     if study.kind == "simulate":
         strategies = next(iter(study.search["al.strategy"].values())) if "al.strategy" in study.search else \
             [trial_config(base_raw, {"data.name": study.datasets[0]}, study).al.strategy]
-        bad = [s for s in strategies if s not in ("none", "random", "aas")]
+        from aas_ray.experiment.cycle import SAMPLED
+
+        bad = [s for s in strategies if s not in (*SAMPLED, "none")]
         if bad:
             raise ConfigError(f"{path}: strategy {bad[0]!r} cannot be simulated on frozen features (kind: simulate); "
                               "use kind: train for the supervised skyline")

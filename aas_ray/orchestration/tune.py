@@ -21,7 +21,8 @@ from aas_ray.orchestration.tracking import MlflowTracker, check_tracking_uri, re
 log = logging.getLogger(__name__)
 
 SIM_METRICS = ("nmi", "ari", "pair_precision", "pair_recall", "pair_f1", "clusters", "outliers", "regions", "U_os",
-               "U_us", "pairs_asked", "must_link", "cannot_link", "ml_cl_ratio", "utilised_budget")
+               "U_us", "pairs_asked", "must_link", "cannot_link", "ml_cl_ratio", "utilised_budget", "individuals",
+               "individuals_ci95", "labels/ml_closure_recall")
 
 
 def _space(spec: dict):
@@ -236,6 +237,10 @@ def tune_cli(args) -> int:
         raise
     done = len(results) - len(errors)
     parent.log_metrics({"trials_completed": done, "trials_failed": len(errors)}, step=0)
+    if done:
+        from aas_ray.orchestration.report import build_report
+
+        build_report(uri, study.study, base_cfg.tracking.experiment, out.parent / "report", parent.run_id)
     for err in errors:
         log.error("trial failed: %s", err)
     parent.finish("FINISHED" if not errors else "FAILED")
