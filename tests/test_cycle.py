@@ -116,7 +116,9 @@ def test_explain_names_the_cause_and_the_setting():
     one = explain(fake_views([0] * 90 + [1] * 10), {"regions": 1, "largest_region": 100, "U_os": 0, "U_us": 5,
                                                     "pool_open": 5}, 20, cfg)
     text = " ".join(one)
-    assert "90% of the images into one cluster" in text and "cluster.eps: auto" in text
+    assert "90% of the images into one cluster" in text and "a smaller cluster.k1" in text  # eps is auto already
+    fixed = " ".join(explain(fake_views([0] * 90 + [1] * 10), {"regions": 2}, 20, cfg_with("cluster.eps=0.6")))
+    assert "SpCL's eps 0.6 was set for person re-ID" in fixed and "try cluster.eps: auto" in fixed
     assert "single region of uncertainty holds 100 images" in text and "finch_partition: 0" in text
     assert "15 pairs of budget stay unused" in text
     noise = explain(fake_views([-1] * 95 + [0] * 5), {"regions": 3, "U_os": 0, "U_us": 4, "pool_open": 4}, 4, cfg)

@@ -149,7 +149,6 @@ def test_jpeg_draft_decode_keeps_the_box_in_place(tmp_path):
 
 
 def test_image_cache_gives_the_same_pixels_and_follows_file_changes(tmp_path):
-    from aas_ray.data.catalogue import Catalogue
     from aas_ray.data.image_cache import cache_usage, cached_catalogue
     from aas_ray.data.images import CatalogueImages, test_transform
 

@@ -102,3 +102,30 @@ def test_report_rebuilds_table_one_and_curves_from_the_store(tmp_path):
     assert (out / "curve-synthetic.png").stat().st_size > 10_000 and "Table 1" in (out / "report.html").read_text()
     arts = {a.path for a in MlflowClient(uri).list_artifacts(parent.run_id, "report")}
     assert {"report/report.html", "report/table1.csv", "report/curve-synthetic.png"} <= arts
+
+
+def test_gap_closed_uses_bounds_from_the_same_command_or_the_store(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from aas_ray.config import load_config
+    from aas_ray.experiment.checkpoint import RunState
+    from aas_ray.orchestration.compare import config_key
+    from aas_ray.orchestration.run import log_gap_closed
+    from aas_ray.orchestration.tracking import MlflowTracker
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    cfg = load_config(None, [f"output_dir={tmp_path}"])
+    key = config_key(cfg)
+    other = config_key(load_config(None, [f"output_dir={tmp_path}", "seed=1"]))
+    assert key == config_key(load_config(None, [f"output_dir={tmp_path / 'x'}", "al.strategy=none"])) != other
+    for strategy, m, k in (("none", 0.2, key), ("supervised", 0.4, key), ("supervised", 0.9, other)):
+        t = MlflowTracker.create(uri, "aas-ray", strategy, {"strategy": strategy, "config_key": k})
+        t.log_metrics({"eval/mAP": m}, step=6)
+        t.finish()
+    run = MlflowTracker.create(uri, "aas-ray", "aas", {"strategy": "aas", "config_key": key})
+    (tmp_path / run.run_id).mkdir()
+    RunState(evals=[{"step": 0}, {"step": 6}]).save(tmp_path / run.run_id / "state.json")
+    assert log_gap_closed(uri, cfg, run.run_id, {"mAP": 0.35}, {}) == pytest.approx(0.75)  # from the store
+    assert log_gap_closed(uri, cfg, run.run_id, {"mAP": 0.35}, {"none": 0.3, "supervised": 0.5}) == pytest.approx(0.25)
+    hist = MlflowClient(uri).get_metric_history(run.run_id, "eval/gap_closed")
+    assert [(h.step, round(h.value, 4)) for h in hist] == [(6, 0.75), (6, 0.25)]

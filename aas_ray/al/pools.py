@@ -162,7 +162,7 @@ def disagreement_counts(labels_a: np.ndarray, labels_b: np.ndarray, region_id: n
         c2 = counts.astype(np.float64) * (counts - 1) / 2
         return np.bincount(r[first], weights=c2, minlength=n_regions)
 
-    na, nb = a.max() + 1 if a.size else 1, b.max() + 1 if b.size else 1
+    nb = b.max() + 1 if b.size else 1
     return (
         pair_count_per_region(a)
         + pair_count_per_region(b)

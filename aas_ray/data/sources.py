@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from aas_ray.data.catalogue import Catalogue, DatasetError
+from aas_ray.data.catalogue import DatasetError
 
 log = logging.getLogger(__name__)
 

@@ -84,13 +84,18 @@ def explain(views: ClusterViews, stats: dict, budget: int, cfg) -> list[str]:
     noise = float((a < 0).mean())
     sizes = np.bincount(a[a >= 0]) if (a >= 0).any() else np.zeros(1, int)
     eps = f"eps {views.eps:.2f}"
+    auto = cfg.cluster.eps == "auto"
     if noise >= 0.8:
         notes.append(f"view A (DBSCAN, {eps}) leaves {noise:.0%} of the images as noise, so regions are few and "
-                     "small; a larger cluster.eps, or cluster.eps: auto, usually helps")
+                     "small; " + ("the features barely group the images: a larger cluster.k1 smooths the "
+                                  "k-reciprocal distance" if auto else "a larger cluster.eps, or cluster.eps: auto, "
+                                  "usually helps"))
     elif sizes.max() >= 0.5 * n:
         notes.append(f"view A (DBSCAN, {eps}) puts {sizes.max() / n:.0%} of the images into one cluster, so the "
-                     "views disagree everywhere inside it; SpCL's eps 0.6 was set for person re-ID sets of ~13k "
-                     "images: try cluster.eps: auto, or a smaller cluster.eps or cluster.k1")
+                     "views disagree everywhere inside it; " + (
+                         "with this few images the k-reciprocal sets cover much of the data: a smaller cluster.k1 "
+                         "usually helps" if auto else "SpCL's eps 0.6 was set for person re-ID sets of ~13k images: "
+                         "try cluster.eps: auto, or a smaller cluster.eps or cluster.k1"))
     regions = stats.get("regions")
     if regions == 0:
         notes.append("views A and B agree everywhere: no region of uncertainty, nothing to ask this cycle "

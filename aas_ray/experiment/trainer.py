@@ -31,7 +31,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from aas_ray.al import Answer, ConstraintStore, SimulatedOracle, total_pairs
+from aas_ray.al import ConstraintStore, SimulatedOracle, total_pairs
 from aas_ray.checks import InputError
 from aas_ray.cluster import ClusterViews, build_views
 from aas_ray.config import Config, dump_config
@@ -42,6 +42,7 @@ from aas_ray.experiment.annotations import AnnotationJournal
 from aas_ray.experiment.checkpoint import RunState, load_checkpoint, save_checkpoint
 from aas_ray.experiment.cycle import SAMPLED, ALCycle, Pending
 from aas_ray.experiment.labels import label_diagnostics, refine, training_labels
+from aas_ray.experiment.pending import PersonInTheLoop
 from aas_ray.experiment.prepare import Experiment, prepare_experiment, save_split
 from aas_ray.experiment.spcl import HybridMemory
 from aas_ray.experiment.tracking import NullTracker, Tracker
@@ -107,10 +108,11 @@ class SpCLTrainer:
         self.rng = np.random.default_rng(cfg.seed)
         self.store = self._replay_journal(n)
         self.oracle = SimulatedOracle(self.truth, cfg.al.oracle_noise, cfg.seed)
-        self.cycle = None
+        self.cycle = self.person = None
         if cfg.al.strategy in SAMPLED:
             self.cycle = ALCycle(cfg, n, self.store, self.rng, self.oracle if cfg.al.oracle == "simulated" else None,
                                  self.journal, self.dir / "pairs.csv")
+            self.person = PersonInTheLoop(self.dir, self.train_cat, self.store, self.cycle)
         ckpt = self.dir / "checkpoint.pt"
         if ckpt.is_file():
             self._load_checkpoint(ckpt)
@@ -209,59 +211,6 @@ class SpCLTrainer:
         c = epoch // al.every + 1
         return c if c <= al.cycles else None
 
-    def pending_path(self, c: int) -> Path:
-        return self.dir / f"pending-cycle-{c}.csv"
-
-    def write_pending(self, p: Pending) -> Path:
-        paths = self.train_cat.abs_paths()
-        path = self.pending_path(p.cycle)
-        pd.DataFrame({"u": p.pairs[:, 0], "v": p.pairs[:, 1], "image_u": [str(paths[u]) for u in p.pairs[:, 0]],
-                      "image_v": [str(paths[v]) for v in p.pairs[:, 1]], "pool": p.pool, "pair_type": p.pair_type,
-                      "answer": ""}).to_csv(path, index=False)
-        return path
-
-    def await_person(self, p: Pending) -> Path:
-        """Keep the pairs in the state (so the file can always be written again) and write them out."""
-        self.state.pending = {"cycle": p.cycle, "pairs": p.pairs.tolist(), "pool": list(map(str, p.pool)),
-                              "pair_type": list(map(str, p.pair_type)), "probability": list(map(float, p.probability)),
-                              "stats": p.stats}
-        if p.clusters is not None:
-            np.save(self.dir / f"pending-cycle-{p.cycle}-clusters.npy", p.clusters)
-        self.save_state()
-        return self.write_pending(p)
-
-    def _pending(self) -> Pending:
-        d = self.state.pending
-        return Pending(d["cycle"], np.asarray(d["pairs"], dtype=np.int64).reshape(-1, 2), np.asarray(d["pool"]),
-                       np.asarray(d["pair_type"]), np.asarray(d["probability"]), d["stats"])
-
-    def import_answers(self) -> dict:
-        """The person's answers to the pending cycle: those the web page journaled as they were
-        given, and those written into the pending CSV (checked row by row)."""
-        p = self._pending()
-        path = self.pending_path(p.cycle)
-        journaled = self.store.answers_for(p.pairs)
-        written = read_answers(path, p.pairs, self.train_cat.abs_paths()) if path.is_file() else [None] * len(p.pairs)
-        missing, new = [], []
-        for i, (have, csv) in enumerate(zip(journaled, written)):
-            if have < 0 and csv is None:
-                missing.append(i + 2)
-            elif have >= 0 and csv is not None and int(csv) != have:
-                raise InputError(f"{path} line {i + 2}: says {csv.name} but {Answer(int(have)).name} was recorded for "
-                                 "this pair (on the annotation page); correct it there, or leave this cell empty")
-            elif have < 0:
-                new.append(i)
-        if missing:
-            raise InputError(f"{path}: lines {missing[:10]}{' ...' if len(missing) > 10 else ''} have no answer yet "
-                             "(same / different / unsure)")
-        self.cycle.add(p.cycle, p.pairs[new], [written[i] for i in new], "human")
-        row = self.cycle.finish(p)
-        self.state.pending = None
-        self.save_state()
-        if path.is_file():
-            path.rename(path.with_suffix(".answered.csv"))
-        return row
-
     def pseudo_labels(self, epoch: int) -> EpochLabels | Pending:
         cfg = self.cfg
         if cfg.al.strategy == "supervised":
@@ -272,11 +221,12 @@ class SpCLTrainer:
         done = c is None or any(r["cycle"] == c for r in self.state.cycles)
         metrics: dict = {}
         if c is not None and self.state.pending and self.state.pending["cycle"] == c:
-            pending = self._pending()
-            if not self.pending_path(c).is_file() and (self.store.answers_for(pending.pairs) < 0).any():
-                log.warning("%s is missing: writing the same pairs again", self.pending_path(c))
+            pending = self.person.pending(self.state)
+            if not self.person.path(c).is_file() and (self.store.answers_for(pending.pairs) < 0).any():
+                log.warning("%s is missing: writing the same pairs again", self.person.path(c))
                 return pending
-            row = self.import_answers()
+            row = self.person.take_back(self.state)
+            self.save_state()
             self._keep_cycle_row(row)
             metrics.update(cycle_metrics(row))
             done = True
@@ -365,7 +315,8 @@ class SpCLTrainer:
         for epoch in range(self.state.epoch_done + 1, cfg.train.epochs):
             got = self.epoch_labels(epoch)
             if isinstance(got, Pending):
-                path = self.await_person(got) if self.is_main else None
+                path = self.person.hand_out(got, self.state) if self.is_main else None
+                self.save_state()
                 return RunOutcome(False, self.state.evals[-1] if self.state.evals else {}, path)
             metrics = dict(got.metrics)
             metrics.update(self.train_epoch(got.labels, epoch))
@@ -401,42 +352,3 @@ class SpCLTrainer:
 def cycle_metrics(row: dict) -> dict:
     """A cycle row as ``oracle/*`` metrics (numbers only; the notes go to the log and cycles.csv)."""
     return {f"oracle/{k}": v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-
-
-def read_answers(path: Path, pairs: np.ndarray, paths: list) -> list[Answer | None]:
-    """The answers of a pending file (None where a row is empty), every row checked against
-    the pairs asked."""
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
-        raise InputError(f"{path} cannot be read as CSV: {err}") from None
-    need = {"u", "v", "image_u", "image_v", "answer"}
-    if need - set(df.columns):
-        raise InputError(f"{path} lacks the column(s) {sorted(need - set(df.columns))}")
-    if len(df) != len(pairs):
-        raise InputError(f"{path} has {len(df)} rows but {len(pairs)} pairs were asked; do not add or delete rows")
-    answers = []
-    for i, r in df.iterrows():
-        line = i + 2  # the header is line 1
-        try:
-            u, v = int(r["u"]), int(r["v"])
-        except ValueError:
-            raise InputError(f"{path} line {line}: u, v must be the image numbers written there") from None
-        pu, pv = int(pairs[i, 0]), int(pairs[i, 1])
-        if (u, v) != (pu, pv) or r["image_u"] != str(paths[pu]) or r["image_v"] != str(paths[pv]):
-            raise InputError(f"{path} line {line}: the row was changed (asked: {pu}, {pv} = {paths[pu]}, "
-                             f"{paths[pv]}); only the 'answer' column may be edited")
-        if not r["answer"].strip():
-            answers.append(None)
-            continue
-        try:
-            answers.append(Answer.parse(r["answer"]))
-        except InputError as err:
-            raise InputError(f"{path} line {line}: {err}") from None
-    return answers
-
-
-def awaiting_message(path: Path, run_dir: Path) -> str:
-    return (f"the run waits for a person: answer the pairs in {path} ('answer' column: same / different / "
-            f"unsure), then continue with: aas-ray run --resume {run_dir}")
-

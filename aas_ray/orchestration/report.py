@@ -15,7 +15,6 @@ import html
 import logging
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from aas_ray.checks import InputError

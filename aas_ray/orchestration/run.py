@@ -20,7 +20,8 @@ from aas_ray.checks import InputError
 from aas_ray.config import Config, build_config, dump_config, load_config
 from aas_ray.experiment.checkpoint import RunState
 from aas_ray.experiment.prepare import Experiment, prepare_experiment
-from aas_ray.experiment.trainer import RunOutcome, SpCLTrainer, awaiting_message
+from aas_ray.experiment.pending import awaiting_message
+from aas_ray.experiment.trainer import RunOutcome, SpCLTrainer
 from aas_ray.orchestration.compare import bounds_in_store, config_key, gap_closed
 from aas_ray.orchestration.plots import map_vs_budget
 from aas_ray.orchestration.runlock import RunLock

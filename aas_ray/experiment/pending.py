@@ -1,0 +1,116 @@
+"""A cycle's pairs handed to a person and the answers taken back (docs/method.md §8, §10).
+
+The pairs go out as ``pending-cycle-<k>.csv`` (and to the annotation page, which journals
+each answer as it is given); they are also kept in the run's state, so a lost file is
+written again with the same pairs. Taking the answers back merges both routes: answers the
+page journaled, and answers typed into the CSV, each row checked against the pair asked.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from aas_ray.al import Answer, ConstraintStore
+from aas_ray.checks import InputError
+from aas_ray.experiment.cycle import ALCycle, Pending
+
+
+class PersonInTheLoop:
+    def __init__(self, run_dir: Path, train_cat, store: ConstraintStore, cycle: ALCycle):
+        self.dir = Path(run_dir)
+        self.paths = train_cat.abs_paths()
+        self.store = store
+        self.cycle = cycle
+
+    def path(self, c: int) -> Path:
+        return self.dir / f"pending-cycle-{c}.csv"
+
+    def write(self, p: Pending) -> Path:
+        path = self.path(p.cycle)
+        pd.DataFrame({"u": p.pairs[:, 0], "v": p.pairs[:, 1], "image_u": [str(self.paths[u]) for u in p.pairs[:, 0]],
+                      "image_v": [str(self.paths[v]) for v in p.pairs[:, 1]], "pool": p.pool, "pair_type": p.pair_type,
+                      "answer": ""}).to_csv(path, index=False)
+        return path
+
+    def hand_out(self, p: Pending, state) -> Path:
+        """Keep the pairs in ``state`` (the caller saves it) and write them out."""
+        state.pending = {"cycle": p.cycle, "pairs": p.pairs.tolist(), "pool": list(map(str, p.pool)),
+                         "pair_type": list(map(str, p.pair_type)), "probability": list(map(float, p.probability)),
+                         "stats": p.stats}
+        if p.clusters is not None:
+            np.save(self.dir / f"pending-cycle-{p.cycle}-clusters.npy", p.clusters)
+        return self.write(p)
+
+    @staticmethod
+    def pending(state) -> Pending:
+        d = state.pending
+        return Pending(d["cycle"], np.asarray(d["pairs"], dtype=np.int64).reshape(-1, 2), np.asarray(d["pool"]),
+                       np.asarray(d["pair_type"]), np.asarray(d["probability"]), d["stats"])
+
+    def take_back(self, state) -> dict:
+        """The person's answers to the pending cycle into the journal; the cycle's row. ``state``
+        forgets the pending pairs (the caller saves it)."""
+        p = self.pending(state)
+        path = self.path(p.cycle)
+        journaled = self.store.answers_for(p.pairs)
+        written = read_answers(path, p.pairs, self.paths) if path.is_file() else [None] * len(p.pairs)
+        missing, new = [], []
+        for i, (have, csv) in enumerate(zip(journaled, written)):
+            if have < 0 and csv is None:
+                missing.append(i + 2)
+            elif have >= 0 and csv is not None and int(csv) != have:
+                raise InputError(f"{path} line {i + 2}: says {csv.name} but {Answer(int(have)).name} was recorded for "
+                                 "this pair (on the annotation page); correct it there, or leave this cell empty")
+            elif have < 0:
+                new.append(i)
+        if missing:
+            raise InputError(f"{path}: lines {missing[:10]}{' ...' if len(missing) > 10 else ''} have no answer yet "
+                             "(same / different / unsure)")
+        self.cycle.add(p.cycle, p.pairs[new], [written[i] for i in new], "human")
+        row = self.cycle.finish(p)
+        state.pending = None
+        if path.is_file():
+            path.rename(path.with_suffix(".answered.csv"))
+        return row
+
+
+def read_answers(path: Path, pairs: np.ndarray, paths: list) -> list[Answer | None]:
+    """The answers of a pending file (None where a row is empty), every row checked against
+    the pairs asked."""
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
+        raise InputError(f"{path} cannot be read as CSV: {err}") from None
+    need = {"u", "v", "image_u", "image_v", "answer"}
+    if need - set(df.columns):
+        raise InputError(f"{path} lacks the column(s) {sorted(need - set(df.columns))}")
+    if len(df) != len(pairs):
+        raise InputError(f"{path} has {len(df)} rows but {len(pairs)} pairs were asked; do not add or delete rows")
+    answers = []
+    for i, r in df.iterrows():
+        line = i + 2  # the header is line 1
+        try:
+            u, v = int(r["u"]), int(r["v"])
+        except ValueError:
+            raise InputError(f"{path} line {line}: u, v must be the image numbers written there") from None
+        pu, pv = int(pairs[i, 0]), int(pairs[i, 1])
+        if (u, v) != (pu, pv) or r["image_u"] != str(paths[pu]) or r["image_v"] != str(paths[pv]):
+            raise InputError(f"{path} line {line}: the row was changed (asked: {pu}, {pv} = {paths[pu]}, "
+                             f"{paths[pv]}); only the 'answer' column may be edited")
+        if not r["answer"].strip():
+            answers.append(None)
+            continue
+        try:
+            answers.append(Answer.parse(r["answer"]))
+        except InputError as err:
+            raise InputError(f"{path} line {line}: {err}") from None
+    return answers
+
+
+def awaiting_message(path: Path, run_dir: Path) -> str:
+    return (f"the run waits for a person: answer the pairs in {path} ('answer' column: same / different / "
+            f"unsure), then continue with: aas-ray run --resume {run_dir}")
+
