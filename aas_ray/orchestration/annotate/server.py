@@ -100,6 +100,10 @@ def create_app(session: AnnotationSession, token: str | None = None, serve_mode:
     def page():
         return FileResponse(STATIC / "index.html")
 
+    @app.get("/favicon.ico")
+    def favicon():
+        return Response(status_code=204)
+
     @app.get("/review")
     def review_page():
         return FileResponse(STATIC / "review.html")

@@ -59,32 +59,37 @@ function render(pair) {
 }
 
 async function advance(after) {
-  const r = await api("next", {client, after});
-  showStatus(r);
-  return r.pair;
+  return (await api("next", {client, after})).pair;
+}
+
+function prefetch() {
+  // lease and load the pair after the current one while the person looks at this one
+  upcoming = current ? advance(current.i).then((p) => { preload(p); return p; }) : null;
 }
 
 async function next() {
-  if (upcoming && upcoming.answer === null && upcoming.i !== (current && current.i)) {
-    render(upcoming);
-  } else {
-    render(await advance(current ? current.i : undefined));
-  }
-  upcoming = current ? await advance(current.i) : null;
-  if (upcoming && current && upcoming.i === current.i) upcoming = null;
-  preload(upcoming);
+  const p = upcoming ? await upcoming : null;
+  upcoming = null;
+  if (p && p.answer === null && !(current && p.i === current.i)) render(p);
+  else render(await advance(current ? current.i : undefined));
+  prefetch();
 }
 
 async function answer(kind) {
+  // A key answers the pair on screen; one pressed during the few milliseconds the next pair
+  // takes to appear is ignored rather than given to a pair the person has not seen.
   if (!current || busy) return;
   busy = true;
+  let r = null;
   try {
-    const r = await api("answer", {i: current.i, answer: kind, client});
-    showStatus(r);
-    if (r.status === "already") toast(`someone already answered this pair: ${r.answer.toLowerCase()}`);
+    r = await api("answer", {i: current.i, answer: kind, client});
     if (r.status === "contradiction") { showConflict(kind, r.conflicts); return; }
+    if (r.status === "already") toast(`someone already answered this pair: ${r.answer.toLowerCase()}`);
     await next();
-  } catch (e) { toast(e.message); } finally { busy = false; }
+  } catch (e) { toast(e.message); } finally {
+    busy = false;
+    if (r) showStatus(r);  // the progress moves once the next pair is on screen
+  }
 }
 
 function showConflict(kind, conflicts) {
