@@ -22,12 +22,11 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from aas_ray.data.catalogue import Catalogue, DatasetError
-from aas_ray.data.images import ImageLoadError, load_rgb
+from aas_ray.data.catalogue import Catalogue
+from aas_ray.data.images import ImageLoadError, kept_rows, load_rgb
 
 log = logging.getLogger(__name__)
 VERSION = 1
@@ -88,17 +87,7 @@ def cached_catalogue(cat: Catalogue, size: tuple[int, int], cache_dir: str | Pat
             for res in tqdm(pool.map(build, todo), total=len(todo), desc="image cache", disable=not progress):
                 if res is not None:
                     bad.append(res)
-    if bad:
-        bad.sort()
-        if not skip_bad:
-            more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-            raise ImageLoadError(bad[0][1] + more + "; set data.skip_bad_images: true to skip them")
-        for _, msg in bad[:20]:
-            log.warning("skipping %s", msg)
-        log.warning("skipped %d bad image(s) of %d in dataset %r", len(bad), len(cat), cat.name)
-    keep = np.setdiff1d(np.arange(len(cat)), [i for i, _ in bad])
-    if keep.size == 0:
-        raise DatasetError(f"dataset {cat.name!r}: every image is missing or corrupt")
+    keep = kept_rows(cat, bad, skip_bad)
     df = cat.df.iloc[keep].reset_index(drop=True).copy()
     df["cached"] = [str(entries[i]) for i in keep]
     df.attrs["skipped_images"] = len(bad)

@@ -79,18 +79,26 @@ def check_images(cat: Catalogue, skip_bad: bool) -> Catalogue:
     if not bad:
         cat.df.attrs["skipped_images"] = 0
         return cat
-    if not skip_bad:
+    out = cat.subset(kept_rows(cat, bad, skip_bad))
+    out.df.attrs["skipped_images"] = len(bad)
+    return out
+
+
+def kept_rows(cat: Catalogue, bad: list[tuple[int, str]], skip_bad: bool) -> np.ndarray:
+    """The rows left once the ``bad`` (row, reason) images are dropped, or the error naming the
+    first of them when skipping is not asked for."""
+    bad = sorted(bad)
+    if bad and not skip_bad:
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
         raise ImageLoadError(bad[0][1] + more + "; set data.skip_bad_images: true to skip them")
     for _, msg in bad[:20]:
         log.warning("skipping %s", msg)
-    log.warning("skipped %d bad image(s) of %d in dataset %r", len(bad), len(cat), cat.name)
+    if bad:
+        log.warning("skipped %d bad image(s) of %d in dataset %r", len(bad), len(cat), cat.name)
     keep = np.setdiff1d(np.arange(len(cat)), [i for i, _ in bad])
     if keep.size == 0:
         raise DatasetError(f"dataset {cat.name!r}: every image is missing or corrupt")
-    out = cat.subset(keep)
-    out.df.attrs["skipped_images"] = len(bad)
-    return out
+    return keep
 
 
 def normalisation(model_cfg_mean_std=None):

@@ -93,10 +93,9 @@ def table_one(df: pd.DataFrame, kind: str) -> pd.DataFrame:
 
 def curves(client, df: pd.DataFrame, kind: str, out: Path) -> list[Path]:
     """Metric against pairs asked, one line per strategy (mean over seeds), one figure per dataset."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from aas_ray.orchestration.plots import save_figure
 
     ys = [("mAP", "eval/mAP")] if kind == "train" else [("pair F1", "pair_f1"), ("ARI", "ari")]
     x_key = "eval/pairs" if kind == "train" else "utilised_budget"
@@ -123,12 +122,8 @@ def curves(client, df: pd.DataFrame, kind: str, out: Path) -> list[Path]:
             ax.set_ylabel(f"{label} (%)")
             ax.grid(alpha=0.3)
         axes[0][0].legend(fontsize=7)
-        fig.suptitle(f"{ds}: {', '.join(y for y, _ in ys)} against the pairs asked (mean over seeds)")
-        fig.tight_layout()
-        path = out / f"curve-{ds}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        files.append(path)
+        files.append(save_figure(fig, out / f"curve-{ds}.png",
+                                 f"{ds}: {', '.join(y for y, _ in ys)} against the pairs asked (mean over seeds)"))
     return files
 
 

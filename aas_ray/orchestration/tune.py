@@ -126,10 +126,9 @@ def format_aggregate(agg: pd.DataFrame) -> str:
 def summarise(df: pd.DataFrame, study: StudyConfig, out: Path) -> list[Path]:
     """Summary table (CSV + HTML) and plots: each metric against each swept key per dataset,
     and the study metric against utilised budget per strategy."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from aas_ray.orchestration.plots import save_figure
 
     out.mkdir(parents=True, exist_ok=True)
     cols = {c: c.removeprefix("config/") for c in df.columns if c.startswith("config/")}
@@ -164,12 +163,7 @@ def summarise(df: pd.DataFrame, study: StudyConfig, out: Path) -> list[Path]:
             ax.set_ylabel(m)
             ax.grid(alpha=0.3)
         axes[0][0].legend(fontsize=7)
-        fig.suptitle(f"{study.study}: {key}")
-        fig.tight_layout()
-        p = out / f"sweep-{key.replace('.', '_')}.png"
-        fig.savefig(p, dpi=110)
-        plt.close(fig)
-        files.append(p)
+        files.append(save_figure(fig, out / f"sweep-{key.replace('.', '_')}.png", f"{study.study}: {key}"))
     if "utilised_budget" in table.columns and study.metric in table.columns:
         fig, ax = plt.subplots(figsize=(5, 3.6))
         for g, sub in table.groupby(hue) if hue else [("all", table)]:
@@ -178,11 +172,7 @@ def summarise(df: pd.DataFrame, study: StudyConfig, out: Path) -> list[Path]:
         ax.set_ylabel(study.metric)
         ax.grid(alpha=0.3)
         ax.legend()
-        fig.tight_layout()
-        p = out / f"{study.metric}-vs-budget.png"
-        fig.savefig(p, dpi=110)
-        plt.close(fig)
-        files.append(p)
+        files.append(save_figure(fig, out / f"{study.metric}-vs-budget.png"))
     return files
 
 
