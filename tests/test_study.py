@@ -129,3 +129,20 @@ def test_gap_closed_uses_bounds_from_the_same_command_or_the_store(tmp_path):
     assert log_gap_closed(uri, cfg, run.run_id, {"mAP": 0.35}, {"none": 0.3, "supervised": 0.5}) == pytest.approx(0.25)
     hist = MlflowClient(uri).get_metric_history(run.run_id, "eval/gap_closed")
     assert [(h.step, round(h.value, 4)) for h in hist] == [(6, 0.75), (6, 0.25)]
+
+
+def test_a_study_with_a_missing_dataset_fails_before_ray_starts(tmp_path, caplog):
+    import time
+
+    import ray
+
+    from aas_ray.cli import main
+
+    path = write(tmp_path, datasets=["synthetic", "Unicorns"], search={"al.strategy": {"grid": ["aas"]}},
+                 overrides={"data.cache_dir": str(tmp_path / "cache"), "output_dir": str(tmp_path / "runs"),
+                            "data.synthetic.identities": 6, "data.synthetic.image_size": 40,
+                            "model.image_size": [32, 32]})
+    t = time.time()
+    assert main(["tune", str(path), "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]) == 2
+    assert "unknown dataset 'Unicorns'" in caplog.text
+    assert not ray.is_initialized() and time.time() - t < 60

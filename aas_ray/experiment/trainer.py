@@ -315,8 +315,10 @@ class SpCLTrainer:
         for epoch in range(self.state.epoch_done + 1, cfg.train.epochs):
             got = self.epoch_labels(epoch)
             if isinstance(got, Pending):
-                path = self.person.hand_out(got, self.state) if self.is_main else None
-                self.save_state()
+                path = None
+                if self.is_main:  # one writer of the run folder
+                    path = self.person.hand_out(got, self.state)
+                    self.save_state()
                 return RunOutcome(False, self.state.evals[-1] if self.state.evals else {}, path)
             metrics = dict(got.metrics)
             metrics.update(self.train_epoch(got.labels, epoch))
