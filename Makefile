@@ -14,7 +14,7 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/aas-ray run --strategies none,random,aas,supervised
+	$(BIN)/aas-ray run --strategies none,random,aas,supervised --parallel 2
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -rs tests

@@ -224,6 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--tracking-uri", help="MLflow tracking URI (default: env MLFLOW_TRACKING_URI or ./mlflow.db)")
     r.add_argument("--resume", metavar="RUN", help="resume an interrupted run (MLflow run id or run folder)")
     r.add_argument("--workers", type=int, default=0, help="Ray Train DDP workers (0 = this process)")
+    r.add_argument("--parallel", type=int, default=1, metavar="N",
+                   help="train N of the --strategies at a time, each in its own process with cores/N threads "
+                        "(simulated oracle only; default 1: one after another)")
     r.add_argument("--serve", action="store_true",
                    help="with al.oracle: human, serve the annotation page at each pause and go on by itself")
     _add_page_args(r)

@@ -96,6 +96,32 @@ def test_tiny_run_is_logged_to_mlflow_with_its_bounds(tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_strategies_side_by_side_in_processes(tmp_path, capsys):
+    assert main(cli_args(tmp_path, "--strategies", "none,aas,supervised", "--parallel", "2")) == 0
+    client = client_of(tmp_path)
+    exp = client.get_experiment_by_name("aas-ray")
+    runs = {r.data.tags["strategy"]: r for r in client.search_runs([exp.experiment_id])}
+    assert set(runs) == {"none", "aas", "supervised"}
+    for strategy, r in runs.items():
+        assert r.info.status == "FINISHED", strategy
+        assert steps_of(client, r.info.run_id, "eval/mAP") == [0, 1, 2], strategy
+    # the same data, split and zero-shot model in every process
+    zero = {m.value for r in runs.values() for m in client.get_metric_history(r.info.run_id, "eval/mAP")
+            if m.step == 0}
+    assert len(zero) == 1
+    pairs = pd.read_csv(tmp_path / "runs" / runs["aas"].info.run_id / "pairs.csv")
+    assert len(pairs) > 0 and not pairs[["u", "v"]].duplicated().any()
+    out = capsys.readouterr().out
+    assert "gap_closed" in out and all(r.info.run_id in out for r in runs.values())
+
+
+def test_side_by_side_refuses_a_person_in_the_loop(tmp_path, caplog):
+    assert main(cli_args(tmp_path, "--strategies", "none,aas", "--parallel", "2", "--set", "al.oracle=human")) != 0
+    assert "--parallel" in caplog.text
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
+
+
+@pytest.mark.slow
 def test_resume_after_sigkill_mid_training(tmp_path):
     """Killed at the start of epoch 2's training: resume gives the same constraints, a
     continuous history (every step once) and no pair asked twice."""
