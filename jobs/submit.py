@@ -39,15 +39,16 @@ def submit(address: str, study: str, tracking_uri: str | None, extra: list[str],
         cmd += ["--set", item]
     runtime_env = {"working_dir": str(REPO), "excludes": EXCLUDES, "env_vars": {"TQDM_DISABLE": "1", **(env or {})}}
     c = client(address)
-    # A head started moments ago answers before its job agent is up: retry that case only.
-    for attempt in range(30):
+    # A head started moments ago answers before its job agent is up (on a busy machine for
+    # over a minute): retry that case only, for up to three minutes.
+    deadline = time.monotonic() + 180
+    while True:
         try:
             return c.submit_job(entrypoint=" ".join(cmd), runtime_env=runtime_env)
         except RuntimeError as err:
-            if "No available agent" not in str(err) or attempt == 29:
+            if "No available agent" not in str(err) or time.monotonic() > deadline:
                 raise
             time.sleep(2)
-    raise AssertionError("unreachable")
 
 
 async def _follow(address: str, job_id: str) -> None:
