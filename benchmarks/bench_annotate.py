@@ -6,7 +6,10 @@ photos), so the figures are the page's and the server's alone. Prints the time t
 all pairs and, per answer, the delay from the key press to the next pair on screen with
 its images decoded.
 
-    .venv/bin/python benchmarks/bench_annotate.py [--pairs 100] [--megapixels 6]
+    .venv/bin/python benchmarks/bench_annotate.py [--pairs 100] [--megapixels 6] [--look-ms 500]
+
+``--look-ms`` waits that long on each pair before the key press, as a (very fast) person would;
+with 0 the key comes the moment the pair is shown, before the next pair's prefetch can finish.
 """
 
 from __future__ import annotations
@@ -68,6 +71,8 @@ def main() -> int:
     p.add_argument("--images", type=int, default=40)
     p.add_argument("--megapixels", type=float, default=6.0)
     p.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    p.add_argument("--look-ms", type=int, default=0,
+                   help="time spent looking at each pair before answering (0: answer the moment it is shown)")
     args = p.parse_args()
     from playwright.sync_api import sync_playwright
 
@@ -101,6 +106,8 @@ def main() -> int:
                 before = page.inner_text("#progress")
                 # answers a person would give (consistent: no contradiction dialog to stop at)
                 u, v = int(page.inner_text("#u")), int(page.inner_text("#v"))
+                if args.look_ms:
+                    time.sleep(args.look_ms / 1000)  # a person looks; the page prefetches meanwhile
                 t = time.perf_counter()
                 page.keyboard.press("s" if identity(u) == identity(v) else "d")
                 page.wait_for_function(f"document.getElementById('progress').textContent !== {before!r}")
@@ -114,7 +121,8 @@ def main() -> int:
         server.kill()
     lines = (run / "annotations.jsonl").read_text().splitlines()
     d = np.array(delays) * 1000
-    report = (f"annotation page, {args.pairs} pairs by keyboard, {args.images} JPEGs of {args.megapixels:g} MP "
+    report = (f"annotation page, {args.pairs} pairs by keyboard ({args.look_ms} ms looking at each), "
+              f"{args.images} JPEGs of {args.megapixels:g} MP "
               f"(bbox crop, scaled for the screen; made in {made:.1f} s)\n"
               f"  total {total:.2f} s ({total / args.pairs * 1000:.0f} ms per pair, Playwright's own overhead included)\n"
               f"  key press -> next pair on screen, images decoded: median {np.median(d):.0f} ms, "
