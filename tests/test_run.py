@@ -118,6 +118,9 @@ def test_strategies_side_by_side_in_processes(tmp_path, capsys):
 def test_side_by_side_refuses_a_person_in_the_loop(tmp_path, caplog):
     assert main(cli_args(tmp_path, "--strategies", "none,aas", "--parallel", "2", "--set", "al.oracle=human")) != 0
     assert "--parallel" in caplog.text
+    caplog.clear()
+    assert main(cli_args(tmp_path, "--strategies", "none,aas", "--parallel", "0")) != 0
+    assert "--parallel must be at least 1, got 0" in caplog.text
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
 
 

@@ -174,7 +174,7 @@ def serve_options(args) -> dict | None:
 
 
 def check_parallel(args, cfg: Config, n_strategies: int) -> int:
-    n = getattr(args, "parallel", 1)
+    n = args.parallel
     if n < 1:
         raise InputError(f"--parallel must be at least 1, got {n}")
     if n > 1 and (args.workers or args.serve or cfg.al.oracle == "human"):
@@ -190,8 +190,7 @@ def _child_setup(threads: int) -> None:
     import numba
     import torch
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    logging.basicConfig(level=logging.INFO)  # its format is set per strategy in _train_prepared
     torch.set_num_threads(threads)
     faiss.omp_set_num_threads(threads)
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
