@@ -1,5 +1,5 @@
 """One whole clustering + AAS cycle at 10k to 1M images on this machine, with the code paths
-aas-ray runs (docs/method.md §1-9): kNN (exact up to 20k images, HNSW with a measured
+aas-ray runs (docs/method.md §1-9): kNN (exact up to 20k images, IVF with a measured
 recall above), k-reciprocal Jaccard, DBSCAN at the automatic radius, FINCH from the
 neighbour graph, then an AL cycle with a cycle of answers already in the store (NP3 of both
 views, regions, pools, sampling).
@@ -12,6 +12,7 @@ and of the regions.
 
     .venv/bin/python benchmarks/bench_scale.py                         # 10k, 100k x 2048; 10k, 100k, 1M x 512
     .venv/bin/python benchmarks/bench_scale.py --sizes 100000 --dims 2048 --check 100000
+    .venv/bin/python benchmarks/bench_scale.py --sizes 1000000 --dims 512 --recall 0.99   # 1M in ~25 min
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def structured_embeddings(n: int, d: int, seed: int = 0) -> tuple[np.ndarray, np
     return x, y
 
 
-def cycle(x: np.ndarray, y: np.ndarray, knn: str, st) -> dict:
+def cycle(x: np.ndarray, y: np.ndarray, knn: str, st, recall: float) -> dict:
     from aas_ray.al import AASSampler, ConstraintStore, SimulatedOracle, Views
     from aas_ray.cluster.finch import finch_levels
     from aas_ray.cluster.jaccard import jaccard_graph
@@ -61,14 +62,14 @@ def cycle(x: np.ndarray, y: np.ndarray, knn: str, st) -> dict:
 
     n = x.shape[0]
     with st.stage("kNN"):
-        nb = knn_search(x, K1, method=knn)
+        nb = knn_search(x, K1, method=knn, target_recall=recall)
     with st.stage("Jaccard"):
         g = jaccard_graph(x, K1, K2, knn=nb, min_sim=0.01)
     with st.stage("DBSCAN (auto radius)"):
         eps = auto_eps(g, 4)
         a = dbscan_view(g, eps, 4)
     with st.stage("FINCH"):
-        parts, counts = finch_levels(x, first_non_self_neighbour(nb.idx), knn)
+        parts, counts = finch_levels(x, first_non_self_neighbour(nb.idx), knn, target_recall=recall)
         b = parts[:, choose_partition(counts, 0, 1)]
     budget = int(np.ceil(0.0002 * n * (n - 1) / 2))
     store, oracle, rng = ConstraintStore(n), SimulatedOracle(y), np.random.default_rng(0)
@@ -98,20 +99,20 @@ def child(args) -> None:
 
     t = time.perf_counter()
     x, y = structured_embeddings(2000, args.d)
-    cycle(x, y, "auto", StageTimer())  # start-up (numba kernels, thread pools): not charged
+    cycle(x, y, "auto", StageTimer(), args.recall)  # start-up (numba kernels, thread pools): not charged
     warm = time.perf_counter() - t
     t = time.perf_counter()
     x, y = structured_embeddings(args.n, args.d)
     made = time.perf_counter() - t
     st = StageTimer()
-    res = cycle(x, y, "auto", st)
+    res = cycle(x, y, "auto", st, args.recall)
     res["stages"] = st.rows
     res["total_seconds"] = sum(r["seconds"] for r in st.rows)
     res["peak_rss_gib"] = max(r["peak_rss_gib"] for r in st.rows)
     res["features_gib"] = x.nbytes / 2**30
     res["warmup_seconds"], res["make_seconds"] = warm, made
     if args.check:
-        ex = cycle(x, y, "exact", StageTimer())
+        ex = cycle(x, y, "exact", StageTimer(), args.recall)
         res["check"] = {
             "recall_at_k1_all_queries": recall_at_k(res["_nb"].idx, ex["_nb"].idx),
             "ari_view_a": adjusted_rand_score(ex["_a"], res["_a"]), "eps_exact": ex["eps"],
@@ -121,8 +122,9 @@ def child(args) -> None:
     print("RESULT " + json.dumps({k: v for k, v in res.items() if not k.startswith("_")}))
 
 
-def spawn(n: int, d: int, check: bool) -> dict:
-    cmd = [sys.executable, __file__, "--child", "--n", str(n), "--d", str(d)] + (["--compare"] if check else [])
+def spawn(n: int, d: int, check: bool, recall: float) -> dict:
+    cmd = [sys.executable, __file__, "--child", "--n", str(n), "--d", str(d), "--recall", str(recall)] + (
+        ["--compare"] if check else [])
     t = time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -163,10 +165,13 @@ def table(results: list[dict]) -> str:
 
 
 def main() -> None:
+    from aas_ray.cluster.knn import TARGET_RECALL
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default=None, help="comma-separated n (default: per --dims, see the docstring)")
     p.add_argument("--dims", default="2048,512")
     p.add_argument("--check", default="100000", help="sizes also run with exact kNN for comparison")
+    p.add_argument("--recall", type=float, default=TARGET_RECALL, help="cluster.knn_recall (default %(default)s)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, help=argparse.SUPPRESS)
     p.add_argument("--d", type=int, help=argparse.SUPPRESS)
@@ -184,8 +189,8 @@ def main() -> None:
         sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else (
             [10_000, 100_000] if d >= 1024 else [10_000, 100_000, 1_000_000])
         plan += [(n, d) for n in sizes]
-    results = [spawn(n, d, n in check) for n, d in plan]
-    host = f"{platform.node()} {os.cpu_count()} CPU cores"
+    results = [spawn(n, d, n in check, args.recall) for n, d in plan]
+    host = f"{platform.node()} {os.cpu_count()} CPU cores, cluster.knn_recall {args.recall}"
     text = f"{host}\n{table(results)}"
     print(text)
     out = HERE / "results"

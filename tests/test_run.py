@@ -75,6 +75,7 @@ def test_tiny_run_is_logged_to_mlflow_with_its_bounds(tmp_path, capsys):
                 "oracle/U_us", "oracle/utilised_budget", "labels/ml_closure_recall", "labels/refined_precision",
                 "labels/train_f1"):
         assert key in aas.data.metrics, key
+    assert aas.data.metrics["views/knn_recall"] == 1.0  # a small set: exact kNN
     assert steps_of(client, aas.info.run_id, "eval/mAP") == [0, 1, 2]
     arts = {a.path for a in client.list_artifacts(aas.info.run_id)}
     assert {"config.yaml", "pairs.csv", "annotations.jsonl", "split.csv", "map_vs_budget.png",

@@ -117,13 +117,38 @@ def test_approximate_knn_reports_its_measured_recall():
     x = ids[rng.integers(0, 400, 3000)] + 0.25 * rng.normal(size=(3000, 32))
     x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
     exact = knn_search(x, 10)
-    approx = knn_search(x, 10, method="auto", exact_up_to=1000, target_recall=0.98)
-    assert exact.method == "exact" and approx.method.startswith("hnsw")
-    assert approx.recall >= 0.98  # measured on sampled queries against exact search for them ...
-    assert recall_at_k(approx.idx, exact.idx) >= 0.97  # ... and it holds for all queries
+    assert exact.method == "exact"
     assert knn_search(x, 10, method="auto", exact_up_to=5000).method == "exact"
-    v = build_views(x, k1=10, k2=3, knn="hnsw", knn_recall=0.98, need_b=False)
-    assert v.knn_method.startswith("hnsw") and v.knn_recall >= 0.98
+    auto = knn_search(x, 10, method="auto", exact_up_to=1000, target_recall=0.98)
+    assert auto.method.startswith("ivf")  # above the size, on a CPU
+    for approx in (auto, knn_search(x, 10, method="hnsw", target_recall=0.98)):
+        assert approx.recall >= 0.98  # measured on sampled queries against exact search for them ...
+        assert recall_at_k(approx.idx, exact.idx) >= 0.97  # ... and it holds for all queries
+        assert (approx.idx >= 0).all() and (approx.idx[:, 0] == np.arange(len(x))).mean() > 0.99
+        np.testing.assert_allclose(approx.sims, np.einsum("nd,nkd->nk", x, x[approx.idx]), atol=1e-4)
+    v = build_views(x, k1=10, k2=3, knn="ivf", knn_recall=0.98, need_b=False)
+    assert v.knn_method.startswith("ivf") and v.knn_recall >= 0.98
+
+
+def test_ivf_scans_more_cells_until_the_recall_is_reached():
+    from aas_ray.cluster.knn import knn_search, recall_at_k
+
+    # no cluster structure: one probed cell misses most neighbours, so the search must widen
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(4000, 24)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    exact = knn_search(x, 15)
+    loose = knn_search(x, 15, method="ivf", target_recall=0.5)
+    tight = knn_search(x, 15, method="ivf", target_recall=0.99)
+    probes = [int(nb.method.split("nprobe=")[1].rstrip(")")) for nb in (loose, tight)]
+    assert probes[0] < probes[1]
+    assert recall_at_k(tight.idx, exact.idx) >= 0.98 > recall_at_k(loose.idx, exact.idx)
+    # auto gives up on an IVF that would scan more than 1/32 of the images: HNSW instead
+    auto = knn_search(x, 15, method="auto", exact_up_to=1000, target_recall=0.99)
+    assert auto.method.startswith("hnsw") and auto.recall >= 0.99
+    # cells smaller than k: every row still gets k real neighbours (short rows searched exactly)
+    few = knn_search(x[:600], 200, method="ivf", target_recall=0.1)
+    assert (few.idx >= 0).all() and few.idx.shape == (600, 200)
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -140,3 +165,27 @@ def test_cluster_counts_at_every_radius_equal_dbscan(seed):
         for e, c in zip(grid, counts):
             lab = dbscan_view(g, float(e), ms)
             assert c == np.unique(lab[lab >= 0]).size, (ms, e)
+
+
+@pytest.mark.parametrize("method", ["ivf", "hnsw"])
+def test_approximate_views_and_regions_equal_the_exact_ones(method):
+    from sklearn.metrics import adjusted_rand_score
+
+    from aas_ray.al import region_index
+
+    rng = np.random.default_rng(3)
+    fam = rng.normal(size=(60, 48))
+    ids = fam[rng.integers(0, 60, 700)] + 0.6 * rng.normal(size=(700, 48))
+    x = ids[rng.integers(0, 700, 6000)] + 0.35 * rng.normal(size=(6000, 48))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    params = dict(k1=20, k2=6, eps="auto", finch_partition="auto", knn_recall=0.99)
+    exact = build_views(x, knn="exact", **params)
+    approx = build_views(x, knn=method, **params)
+    assert approx.knn_method.startswith(method) and approx.knn_recall >= 0.99
+    assert approx.eps == exact.eps
+    assert adjusted_rand_score(exact.labels_a, approx.labels_a) >= 0.99
+    assert approx.finch_level == exact.finch_level
+    rx, ra = region_index(exact.labels_a, exact.labels_b), region_index(approx.labels_a, approx.labels_b)
+    assert adjusted_rand_score(exact.labels_b, approx.labels_b) >= 0.99
+    assert adjusted_rand_score(rx, ra) >= 0.99
+    assert abs(np.unique(rx[rx >= 0]).size - np.unique(ra[ra >= 0]).size) <= 1

@@ -7,7 +7,7 @@ until a level merges fewer than two clusters more. This is finch-clust's algorit
 (checked partition for partition against it in the tests) with three differences that
 matter at scale: level 0 reuses the first neighbours of the kNN search (no search of its
 own), the means stay float32, and the first neighbours of the means come from
-:func:`aas_ray.cluster.knn.knn_search` (exact, or HNSW with a measured recall above a size)
+:func:`aas_ray.cluster.knn.knn_search` (exact, or IVF with a measured recall above a size)
 instead of a dense pairwise matrix.
 """
 
@@ -17,7 +17,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
-from aas_ray.cluster.knn import knn_search
+from aas_ray.cluster.knn import TARGET_RECALL, knn_search
 from aas_ray.grouping import group_sum
 
 
@@ -29,7 +29,7 @@ def first_neighbour_components(first: np.ndarray) -> tuple[int, np.ndarray]:
 
 
 def finch_levels(x: np.ndarray, first_neighbour: np.ndarray, knn_method: str = "auto",
-                 exact_up_to: int = 20_000, target_recall: float = 0.99) -> tuple[np.ndarray, list[int]]:
+                 exact_up_to: int = 20_000, target_recall: float = TARGET_RECALL) -> tuple[np.ndarray, list[int]]:
     """All FINCH partitions of unit features ``x`` (finest first) with cosine similarity, given
     each image's first non-self neighbour. Returns (labels (n, levels), clusters per level)."""
     n = x.shape[0]
@@ -44,7 +44,9 @@ def finch_levels(x: np.ndarray, first_neighbour: np.ndarray, knn_method: str = "
         means /= np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
         if counts[-1] < 2:
             break
-        nb = knn_search(means, 2, method=knn_method, exact_up_to=exact_up_to, target_recall=target_recall)
+        # a forced approximate method too is for big inputs: a few thousand means are searched exactly
+        method = "exact" if counts[-1] <= exact_up_to else knn_method
+        nb = knn_search(means, 2, method=method, exact_up_to=exact_up_to, target_recall=target_recall)
         first = np.where(nb.idx[:, 0] == np.arange(counts[-1]), nb.idx[:, 1], nb.idx[:, 0])
         k, merged = first_neighbour_components(first)
         if k == 1 or counts[-1] - k <= 1:  # finch-clust stops here and drops this level

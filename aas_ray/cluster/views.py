@@ -15,7 +15,7 @@ from aas_ray.checks import InputError
 from aas_ray.cluster._radius_kernels import sweep_counts
 from aas_ray.cluster.finch import finch_levels
 from aas_ray.cluster.jaccard import JaccardGraph, jaccard_graph
-from aas_ray.cluster.knn import knn_search
+from aas_ray.cluster.knn import TARGET_RECALL, knn_search
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ def first_non_self_neighbour(knn_idx: np.ndarray) -> np.ndarray:
 
 def finch_partitions(
     x: np.ndarray, first_neighbour: np.ndarray, knn: str = "auto", exact_up_to: int = 20_000,
-    target_recall: float = 0.99,
+    target_recall: float = TARGET_RECALL,
 ) -> tuple[np.ndarray, list[int]]:
     """All FINCH partitions (finest first) of unit features with cosine distance, from each
     image's first neighbour (see :mod:`aas_ray.cluster.finch`)."""
@@ -164,7 +164,7 @@ def build_views(
     finch_partition: str | int = "auto",
     knn: str = "auto",
     knn_exact_up_to: int = 20_000,
-    knn_recall: float = 0.99,
+    knn_recall: float = TARGET_RECALL,
     eps_gap: float = 0.02,
     self_paced: bool = False,
     need_b: bool = True,
@@ -172,7 +172,7 @@ def build_views(
 ) -> ClusterViews:
     """The one view builder (docs/method.md §1-2) of unit features ``x``.
 
-    One exact kNN search feeds both views: the k-reciprocal Jaccard graph and DBSCAN
+    One kNN search feeds both views: the k-reciprocal Jaccard graph and DBSCAN
     (view A) are built concurrently with FINCH's hierarchy (both release the GIL in their
     heavy parts), whose level is then chosen against A's cluster count. ``self_paced`` also
     builds SpCL's views at eps ∓ ``eps_gap`` (docs/method.md §10); ``need_b=False`` skips

@@ -244,7 +244,8 @@ class SpCLTrainer:
         q = clustering_metrics(refined, self.truth)
         metrics.update({"views/clusters": stats["clusters"], "views/instances": stats["instances"],
                         "views/demoted": stats["demoted"], "views/outliers": q["outliers"],
-                        "views/eps": views.eps, "views/nmi": q["nmi"], "views/ari": q["ari"],
+                        "views/eps": views.eps, "views/knn_recall": views.knn_recall,
+                        "views/nmi": q["nmi"], "views/ari": q["ari"],
                         "views/pair_precision": q["pair_precision"], "views/pair_recall": q["pair_recall"],
                         "views/pair_f1": q["pair_f1"], "oracle/constraints_ml": int(self.store.must_links().shape[0]),
                         "oracle/constraints_cl": int(self.store.cannot_links().shape[0])})
