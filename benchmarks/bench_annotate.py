@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 from PIL import Image
+from saving import save_results
 
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
         "--disable-component-update", "--disable-sync"]
@@ -129,9 +130,7 @@ def main() -> int:
               f"p90 {np.percentile(d, 90):.0f} ms, max {d.max():.0f} ms\n"
               f"  journal lines written: {len(lines)} (every answer fsynced before the page moved on)\n")
     print(report)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"annotate-{time.strftime('%Y%m%d-%H%M%S')}.txt").write_text(report)
+    save_results("annotate", report, out=args.out)
     shutil.rmtree(tmp, ignore_errors=True)
     return 0 if len(lines) == args.pairs else 1
 

@@ -28,6 +28,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
+from saving import save_results
 
 log = logging.getLogger("bench_core")
 
@@ -228,11 +229,7 @@ def main() -> None:
     table = print_table(results, dense)
     host = f"{platform.node()} {os.cpu_count()} CPU cores"
     print(f"\n{host}\n{table}")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    (out / f"core-{stamp}.json").write_text(json.dumps({"host": host, "results": results, "dense": dense}, indent=1))
-    (out / f"core-{stamp}.txt").write_text(f"{host}\n{table}\n")
+    save_results("core", f"{host}\n{table}\n", {"host": host, "results": results, "dense": dense}, out=args.out)
 
 
 if __name__ == "__main__":

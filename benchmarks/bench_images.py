@@ -19,7 +19,6 @@ photos decoded every time without the cache (draft-mode JPEG decoding only), and
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import shutil
 import tempfile
@@ -38,6 +37,7 @@ from aas_ray.data.images import CatalogueImages, PKSampler, load_rgb, to_tensor_
 from aas_ray.data.synthetic import family_coat, individual_coat, render_image
 from aas_ray.experiment.spcl import HybridMemory
 from aas_ray.models import build_model, extract_features
+from saving import save_results
 
 
 class FullDecode(CatalogueImages):
@@ -165,13 +165,8 @@ def main() -> int:
         lines.append(f"| {name} | {r:.1f} | {r / base:.2f} | {x:.1f} | {x / basex:.2f} |")
     report = "\n".join(lines)
     print(report)
-    out = Path(__file__).parent / "results"
-    out.mkdir(exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    (out / f"images-{stamp}.txt").write_text(report + "\n")
-    (out / f"images-{stamp}.json").write_text(json.dumps({"train": rates, "extract": xrates, "build_s": build,
-                                                          "cache_bytes": disk[2], "photos": args.photos,
-                                                          "megapixels": args.megapixels}, indent=1))
+    save_results("images", report, {"train": rates, "extract": xrates, "build_s": build, "cache_bytes": disk[2],
+                                    "photos": args.photos, "megapixels": args.megapixels})
     shutil.rmtree(tmp, ignore_errors=True)
     return 0
 

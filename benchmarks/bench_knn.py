@@ -16,7 +16,6 @@ measured.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
@@ -25,11 +24,12 @@ import time
 from pathlib import Path
 
 import faiss
-import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
+from saving import save_results
+
 log = logging.getLogger("bench_knn")
 K = 30
 
@@ -43,18 +43,14 @@ def timed(fn, *args):
 def run(n: int, d: int, hnsw: bool) -> dict:
     from bench_scale import structured_embeddings
 
-    from aas_ray.cluster.knn import HNSW_M, IVF_MAX_SCAN, IVF_TRAIN_PER_CELL, _probe_sample, ivf_cells, recall_at_k
+    from aas_ray.cluster.knn import HNSW_M, IVF_MAX_SCAN, build_ivf, recall_at_k, recall_yardstick
 
     x, _ = structured_embeddings(n, d)
-    (probe, truth), t_exact = timed(_probe_sample, x, K, 0)
+    (probe, truth), t_exact = timed(recall_yardstick, x, K, 0)
     res = {"n": n, "d": d, "k": K, "queries": int(probe.size), "exact_projected_s": t_exact * n / probe.size,
            "ivf": [], "hnsw": []}
-    cells = ivf_cells(n)
-    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, cells, faiss.METRIC_INNER_PRODUCT)
-    rng = np.random.default_rng(0)
-    train = np.sort(rng.choice(n, size=min(n, IVF_TRAIN_PER_CELL * cells), replace=False))
-    index.cp.min_points_per_centroid = train.size // cells
-    _, t_build = timed(lambda: (index.train(x[train]), index.add(x)))
+    index, t_build = timed(build_ivf, x, 0)
+    cells = index.nlist
     nprobe = 1
     while nprobe <= cells:
         index.nprobe = nprobe
@@ -115,11 +111,7 @@ def main() -> None:
     host = f"{platform.node()} {os.cpu_count()} CPU cores, faiss {faiss.__version__}"
     text = f"{host}\n{table(results)}"
     print(text)
-    out = HERE / "results"
-    out.mkdir(exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    (out / f"knn-{stamp}.txt").write_text(text + "\n")
-    (out / f"knn-{stamp}.json").write_text(json.dumps({"host": host, "results": results}, indent=1))
+    save_results("knn", text, {"host": host, "results": results})
 
 
 if __name__ == "__main__":

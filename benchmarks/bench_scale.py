@@ -31,6 +31,8 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from saving import save_results
+
 log = logging.getLogger("bench_scale")
 K1, K2 = 30, 6
 
@@ -193,11 +195,7 @@ def main() -> None:
     host = f"{platform.node()} {os.cpu_count()} CPU cores, cluster.knn_recall {args.recall}"
     text = f"{host}\n{table(results)}"
     print(text)
-    out = HERE / "results"
-    out.mkdir(exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    (out / f"scale-{stamp}.txt").write_text(text + "\n")
-    (out / f"scale-{stamp}.json").write_text(json.dumps({"host": host, "results": results}, indent=1))
+    save_results("scale", text, {"host": host, "results": results})
 
 
 if __name__ == "__main__":

@@ -10,10 +10,8 @@ size, same images, measured in one run with the two interleaved.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,6 +24,7 @@ from aas_ray.data.images import CatalogueImages, PKSampler, to_tensor_batch, tra
 from aas_ray.experiment.prepare import prepare_data
 from aas_ray.experiment.spcl import HybridMemory
 from aas_ray.models import build_model, resolve_device
+from saving import save_results
 
 
 def main() -> None:
@@ -95,9 +94,7 @@ def main() -> None:
     print(f"  SpCL trainer step : {res['spcl']:8.1f} images/s")
     print(f"  supervised step   : {res['supervised']:8.1f} images/s")
     print(f"  ratio             : {res['ratio_spcl_over_supervised']:8.3f}")
-    out = Path(__file__).parent / "results"
-    out.mkdir(exist_ok=True)
-    (out / f"train-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(json.dumps(res, indent=1))
+    save_results("train", data=res)
 
 
 if __name__ == "__main__":

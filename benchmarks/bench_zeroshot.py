@@ -7,7 +7,6 @@ on the synthetic default and on LionData (when ../shared/data/LionData exists).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 from aas_ray.cli import DEMO_CONFIG
 from aas_ray.config import load_config
 from aas_ray.experiment.zeroshot import zero_shot
+from saving import save_results
 
 DEFAULT_LION = Path(__file__).resolve().parents[2] / "shared" / "data" / "LionData"
 
@@ -41,9 +41,7 @@ def main() -> None:
     for r in rows:
         print(f"{r['dataset']:10s} {r['seed']:4d} {r['mAP']:7.4f} {r['mINP']:7.4f} {r['top1']:7.4f} {r['top5']:7.4f} "
               f"{r['BAKS']:7.4f} {r['auc_roc']:7.4f} {int(r['known_queries']):7d} {int(r['unknown_queries']):6d}")
-    out = Path(__file__).parent / "results"
-    out.mkdir(exist_ok=True)
-    (out / f"zeroshot-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(json.dumps(rows, indent=1))
+    save_results("zeroshot", data=rows)
 
 
 if __name__ == "__main__":

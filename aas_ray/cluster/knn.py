@@ -75,7 +75,7 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
     return hits / truth.size
 
 
-def _probe_sample(x: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def recall_yardstick(x: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Sampled queries and their exact neighbours, the yardstick of an approximate search."""
     rng = np.random.default_rng(seed)
     probe = np.sort(rng.choice(x.shape[0], size=min(RECALL_QUERIES, x.shape[0]), replace=False))
@@ -88,10 +88,8 @@ def ivf_cells(n: int) -> int:
     return int(np.clip(round(4 * np.sqrt(n)), 1, max(1, n // IVF_TRAIN_PER_CELL)))
 
 
-def _ivf(x: np.ndarray, k: int, target_recall: float, seed: int, yardstick, max_scan: float = 1.0
-         ) -> Neighbours | None:
-    """IVF search of ``x`` in itself; None when the recall needs more than ``max_scan`` of the
-    cells probed."""
+def build_ivf(x: np.ndarray, seed: int = 0) -> faiss.IndexIVFFlat:
+    """An inner-product IVF of ``x`` with :func:`ivf_cells` cells, trained on a sample."""
     n, d = x.shape
     cells = ivf_cells(n)
     index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, cells, faiss.METRIC_INNER_PRODUCT)
@@ -101,6 +99,16 @@ def _ivf(x: np.ndarray, k: int, target_recall: float, seed: int, yardstick, max_
     index.cp.min_points_per_centroid = train.size // cells  # no FAISS warning for the sample we chose
     index.train(x[train])
     index.add(x)
+    return index
+
+
+def _ivf(x: np.ndarray, k: int, target_recall: float, seed: int, yardstick, max_scan: float = 1.0
+         ) -> Neighbours | None:
+    """IVF search of ``x`` in itself; None when the recall needs more than ``max_scan`` of the
+    cells probed."""
+    n, d = x.shape
+    index = build_ivf(x, seed)
+    cells = index.nlist
     probe, truth = yardstick
     most = max(1, int(max_scan * cells))
     nprobe, recall = 1, 0.0
@@ -185,7 +193,7 @@ def knn_search(
     if auto:
         method = "ivf" if not use_gpu and x.shape[0] > exact_up_to else "exact"
     if method != "exact" and queries is None:
-        yardstick = _probe_sample(x, k, seed)
+        yardstick = recall_yardstick(x, k, seed)
         found = _ivf(x, k, target_recall, seed, yardstick, IVF_MAX_SCAN if auto else 1.0) if method == "ivf" else None
         return found if found is not None else _hnsw(x, k, target_recall, seed, yardstick)
     sims, idx = _exact(x, q, k, use_gpu)
