@@ -93,3 +93,31 @@ def test_open_set_split_bad_input():
         open_set_split(np.zeros(6), np.array([0, 0, 0, 1, 1, 1], bool))
     with pytest.raises(InputError, match="disjoint identities"):
         open_set_split(np.array([0, 0, 1, 1, 2, 2]), np.array([0, 0, 0, 0, 1, 1], bool), unknown_fraction=0.0)
+
+
+def test_paired_difference_interval_and_verdicts():
+    from scipy import stats
+
+    from aas_ray.eval.paired import mean_interval, paired_difference, wilcoxon_across
+
+    a = np.array([0.30, 0.32, 0.29, 0.35, 0.31])
+    b = np.array([0.25, 0.26, 0.27, 0.28, 0.24])
+    d = paired_difference(a, b)
+    diffs = a - b
+    half = stats.t.ppf(0.975, 4) * diffs.std(ddof=1) / np.sqrt(5)
+    assert d.n == 5 and d.mean == pytest.approx(diffs.mean())
+    assert (d.low, d.high) == pytest.approx((diffs.mean() - half, diffs.mean() + half))
+    assert d.verdict("aas", "random") == "aas > random"
+    assert paired_difference(b, a).verdict("aas", "random") == "aas < random"
+    # a difference that changes sign over seeds is no verdict, however large its mean
+    assert paired_difference([0.5, 0.1, 0.45], [0.1, 0.3, 0.1]).verdict() == "not separable"
+    # one seed: no interval, no verdict; missing values drop their pair
+    assert paired_difference([0.3], [0.2]).verdict() == "not separable (1 repeat)"
+    assert paired_difference([0.3, np.nan, 0.4], [0.2, 0.1, 0.3]).n == 2
+    with pytest.raises(InputError, match="one to one"):
+        paired_difference([1, 2], [1])
+    mean, low, high = mean_interval([0.2, 0.4, 0.3])
+    assert mean == pytest.approx(0.3) and low < 0.3 < high
+    # the paper's test across datasets: all 8 differences positive -> exact two-sided p = 2 / 2^8
+    p, n = wilcoxon_across(np.arange(8) + 1.0, np.zeros(8))
+    assert n == 8 and p == pytest.approx(2 / 2 ** 8)

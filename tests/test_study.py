@@ -61,7 +61,16 @@ def test_summary_reports_gap_closed_per_seed_and_mean_sd(tmp_path):
     assert agg.loc["aas", "gap_closed_mean"] == pytest.approx(0.5) and agg.loc["aas", "repeats"] == 2
     text = (tmp_path / "aggregate.txt").read_text()
     assert "| synthetic | aas | 27.5 ± 3.5 |" in text
-    assert {f.name for f in files} >= {"summary.csv", "summary.html", "aggregate.csv", "aggregate.txt"}
+    assert {f.name for f in files} >= {"summary.csv", "summary.html", "aggregate.csv", "aggregate.txt", "paired.csv",
+                                       "paired.txt"}
+    paired = pd.read_csv(tmp_path / "paired.csv").set_index("contrast")
+    # aas - none per seed: +0.10 and +0.15; mean 0.125, t(0.975, 1) * sd / sqrt(2) = 12.706 * 0.0354 / 1.414
+    assert paired.loc["aas − none", "mean"] == pytest.approx(0.125)
+    assert paired.loc["aas − none", "high"] - 0.125 == pytest.approx(12.7062 * np.std([0.1, 0.15], ddof=1) / 2 ** 0.5,
+                                                                     rel=1e-3)
+    assert paired.loc["aas − none", "verdict"] == "not separable"  # two seeds: the interval spans 0
+    assert "| synthetic | aas − none | 2 | +10.0 +15.0 | +12.5 [-19.3, +44.3] | not separable |" in \
+        (tmp_path / "paired.txt").read_text()
 
 
 def test_no_aggregate_without_repeats():
@@ -101,7 +110,10 @@ def test_report_rebuilds_table_one_and_curves_from_the_store(tmp_path):
     assert list(table["strategy"][:4]) == ["none", "random", "aas", "supervised"]
     assert (out / "curve-synthetic.png").stat().st_size > 10_000 and "Table 1" in (out / "report.html").read_text()
     arts = {a.path for a in MlflowClient(uri).list_artifacts(parent.run_id, "report")}
-    assert {"report/report.html", "report/table1.csv", "report/curve-synthetic.png"} <= arts
+    assert {"report/report.html", "report/table1.csv", "report/curve-synthetic.png", "report/paired.csv"} <= arts
+    paired = pd.read_csv(out / "paired.csv").set_index("contrast")
+    assert paired.loc["aas − random", "differences"] == "+0.0800 +0.1300" and paired.loc["aas − random", "n"] == 2
+    assert "Paired differences" in (out / "report.html").read_text()
 
 
 def test_gap_closed_uses_bounds_from_the_same_command_or_the_store(tmp_path):

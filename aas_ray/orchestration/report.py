@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from aas_ray.checks import InputError
-from aas_ray.orchestration.compare import with_gap_closed
+from aas_ray.orchestration.compare import across_datasets, paired_table, with_gap_closed
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,16 @@ def curves(client, df: pd.DataFrame, kind: str, out: Path) -> list[Path]:
     return files
 
 
-def write_html(study: str, kind: str, table: pd.DataFrame, trials: pd.DataFrame, pngs: list[Path], path: Path) -> None:
+def paired(trials: pd.DataFrame, kind: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Paired differences over seeds per dataset, with 95 % intervals and verdicts, and the
+    Wilcoxon test across datasets (docs/method.md §12), in the table's metric."""
+    metric = "mAP" if kind == "train" else "pair F1"
+    return (paired_table(trials, metric, "strategy", ("seed",), ("dataset",)),
+            across_datasets(trials, metric, "strategy", "dataset"))
+
+
+def write_html(study: str, kind: str, table: pd.DataFrame, trials: pd.DataFrame, pngs: list[Path], path: Path,
+               pairs: pd.DataFrame | None = None, across: pd.DataFrame | None = None) -> None:
     def frame(df):
         return df.to_html(index=False, escape=True, border=0, classes="t", na_rep="–")
 
@@ -136,7 +145,17 @@ def write_html(study: str, kind: str, table: pd.DataFrame, trials: pd.DataFrame,
             "(mAP<sub>supervised</sub> − mAP<sub>none</sub>) on the same dataset and seed; <b>budget</b>: pairs asked "
             "over all pairs. All strategies but none and supervised are refined by NP3.</p>" if kind == "train" else
             "<p>Pseudo-label quality after the last cycle on frozen features (mean ± sd over seeds).</p>",
-            "<h2>Table 1</h2>", frame(table), "<h2>Budget curves</h2>"]
+            "<h2>Table 1</h2>", frame(table)]
+    if pairs is not None and not pairs.empty:
+        shown = pairs.drop(columns=["a", "b"]).copy()
+        for c in ("mean", "low", "high"):
+            shown[c] = (100 * shown[c]).round(1)
+        body += ["<h2>Paired differences</h2>", "<p>A − B on the same dataset and seed, in points; the interval is "
+                 "a 95 % t-interval over the seeds, and a verdict is given only when it excludes 0.</p>", frame(shown)]
+    if across is not None and not across.empty:
+        body += ["<p>Across datasets, the Wilcoxon signed-rank test on the per-dataset means (fewer than 6 datasets "
+                 "cannot reach p &lt; 0.05):</p>", frame(across.round(4))]
+    body += ["<h2>Budget curves</h2>"]
     body += [f'<img src="{html.escape(p.name)}" style="max-width:100%">' for p in pngs]
     body += ["<h2>Trials</h2>", frame(trials.drop(columns=["run_id"]).round(4))]
     css = ("body{font-family:system-ui,sans-serif;margin:1.5em;color:#222} table.t{border-collapse:collapse;"
@@ -159,11 +178,13 @@ def build_report(uri: str, study: str, experiment: str = "aas-ray", out: Path | 
     out = Path(out or f"report-{study}")
     out.mkdir(parents=True, exist_ok=True)
     pngs = curves(client, trials, kind, out)
+    pairs, across = paired(trials, kind)
     table.to_csv(out / "table1.csv", index=False)
     trials.to_csv(out / "trials.csv", index=False)
-    write_html(study, kind, table, trials, pngs, out / "report.html")
+    pairs.to_csv(out / "paired.csv", index=False)
+    write_html(study, kind, table, trials, pngs, out / "report.html", pairs, across)
     if log_to_parent:
-        for f in [out / "report.html", out / "table1.csv", out / "trials.csv", *pngs]:
+        for f in [out / "report.html", out / "table1.csv", out / "trials.csv", out / "paired.csv", *pngs]:
             client.log_artifact(parent.info.run_id, str(f), "report")
     log.info("report of study %s (%d trials) in %s", study, len(trials), out)
     return out

@@ -14,7 +14,13 @@ import ray
 from ray import tune
 
 from aas_ray.orchestration.actors import actor_name, create_actor
-from aas_ray.orchestration.compare import with_gap_closed
+from aas_ray.orchestration.compare import (
+    across_datasets,
+    format_across,
+    format_paired,
+    paired_table,
+    with_gap_closed,
+)
 from aas_ray.orchestration.study import StudyConfig, load_study, trial_config
 from aas_ray.orchestration.tracking import MlflowTracker, check_tracking_uri, resolve_tracking_uri
 
@@ -123,6 +129,28 @@ def format_aggregate(agg: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def write_paired(table: pd.DataFrame, study: StudyConfig, out: Path) -> list[Path]:
+    """Paired differences between strategies over the repeats (seeds) of each dataset and
+    setting, with 95 % intervals and verdicts, and the Wilcoxon test across datasets
+    (docs/method.md §12): ``paired.csv`` and ``paired.txt``."""
+    if "al.strategy" not in table.columns or table["al.strategy"].nunique() < 2:
+        return []
+    metric = study.metric if study.metric in table.columns else "mAP"
+    repeat = tuple(k for k in ("seed", "data.synthetic.seed") if k in study.search)
+    group = ("data.name", *(k for k in study.search if k in table.columns and k not in repeat and k != "al.strategy"))
+    paired = paired_table(table, metric, "al.strategy", repeat, group)
+    if paired.empty:
+        return []
+    paired.to_csv(out / "paired.csv", index=False)
+    text = f"Paired differences in {metric} (A − B on the same dataset, setting and seed):\n\n" + format_paired(paired)
+    across = across_datasets(table, metric, "al.strategy", "data.name")
+    if not across.empty:
+        text += ("\n\nAcross datasets (Wilcoxon signed-rank test on the per-dataset means; with fewer than 6 "
+                 "datasets no result reaches p < 0.05):\n\n" + format_across(across))
+    (out / "paired.txt").write_text(text + "\n")
+    return [out / "paired.csv", out / "paired.txt"]
+
+
 def summarise(df: pd.DataFrame, study: StudyConfig, out: Path) -> list[Path]:
     """Summary table (CSV + HTML) and plots: each metric against each swept key per dataset,
     and the study metric against utilised budget per strategy."""
@@ -147,6 +175,7 @@ def summarise(df: pd.DataFrame, study: StudyConfig, out: Path) -> list[Path]:
         agg.to_csv(out / "aggregate.csv", index=False)
         (out / "aggregate.txt").write_text(format_aggregate(agg) + "\n")
         files += [out / "aggregate.csv", out / "aggregate.txt"]
+    files += write_paired(table, study, out)
     swept = [k for k in study.search if k in table.columns and k != "al.strategy"]
     metrics = [m for m in (study.metric, "utilised_budget", "mAP", "nmi") if m in table.columns]
     metrics = list(dict.fromkeys(metrics))
@@ -236,8 +265,9 @@ def tune_cli(args) -> int:
     parent.finish("FINISHED" if not errors else "FAILED")
     log.info("study %s: %d trials completed, %d failed; parent MLflow run %s; summary in %s", study.study, done,
              len(errors), parent.run_id, out)
-    if (out / "aggregate.txt").is_file():
-        print((out / "aggregate.txt").read_text())
+    for name in ("aggregate.txt", "paired.txt"):
+        if (out / name).is_file():
+            print((out / name).read_text())
     for a in actors:
         ray.kill(a)
     return 0 if not errors else 1
