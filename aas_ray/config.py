@@ -100,14 +100,17 @@ class ClusterConfig(_Strict):
 
 
 # ``supervised`` is the skyline: the ground-truth identities of the training images as labels.
-Strategy = Literal["none", "random", "aas", "nis", "farthest-nearest", "uncertainty", "nearest", "supervised"]
+# ``lbas`` / ``gbas`` are reconstructions of He et al.'s samplers (docs/method.md §15).
+Strategy = Literal["none", "random", "aas", "nis", "farthest-nearest", "uncertainty", "nearest", "lbas", "gbas",
+                   "supervised"]
 DEFAULT_BUDGET_FRACTION = 0.0002
 
 
 class ALConfig(_Strict):
     strategy: Strategy = Field(
-        "aas", description="none (plain SpCL) | random | aas | supervised (the skyline); `aas-ray run "
-        "--strategies` and studies run several side by side")
+        "aas", description="none (plain SpCL) | random | aas | supervised (the skyline) | the baselines of "
+        "docs/method.md §14-15 (nis, farthest-nearest, uncertainty, nearest; lbas, gbas: reconstructions); "
+        "`aas-ray run --strategies` and studies run several side by side")
     epsilon: float = Field(0.6, ge=0.0, le=1.0, description="Eq. 6 mixture weight of U_os")
     k_max: int = Field(5, ge=1)
     s_min: float = Field(0.3, ge=0.0, le=1.0)
@@ -121,7 +124,9 @@ class ALConfig(_Strict):
     cycles: int = Field(5, ge=0)
     every: int = Field(10, ge=1, description="epochs between AL cycles")
     nis_tau: float = Field(0.5, gt=0.0, description="NIS: temperature of the neighbour softmax (Perez et al.: 0.5)")
-    nis_neighbours: int = Field(5, ge=2, description="NIS: neighbours drawn per sampled vertex")
+    nis_neighbours: int | None = Field(
+        None, ge=1, description="NIS: neighbours drawn per sampled vertex; null = the reference's allocation, "
+        "round(sqrt(B)) - 1 for a budget of B pairs (docs/method.md §14)")
     oracle: Literal["simulated", "human"] = "simulated"
     oracle_noise: float = Field(0.0, ge=0.0, le=1.0)
 

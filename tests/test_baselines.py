@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 
 from aas_ray.al import ConstraintStore, SimulatedOracle, Views, make_sampler
-from aas_ray.al.baselines import NISSampler
+from aas_ray.al.baselines import NISSampler, farthest_point_order, nis_draws
 from aas_ray.cluster import build_views
 from conftest import mixture
 
-BASELINES = ["nis", "farthest-nearest", "uncertainty", "nearest"]
+BASELINES = ["nis", "farthest-nearest", "uncertainty", "nearest", "lbas", "gbas"]
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +116,7 @@ def test_nis_prefers_images_with_few_look_alikes_and_estimates_the_count():
     estimates, covered = [], 0
     for seed in range(30):
         store = ConstraintStore(y.size)
-        sampler = NISSampler(tau=0.1, neighbours=5)
+        sampler = NISSampler(tau=0.1)  # the reference's allocation: 13 draws for each of 16 vertices
         prop = sampler.propose(v, store, 200, np.random.default_rng(seed))
         for (a, b), ans in zip(prop.draw.pairs, oracle.answer(prop.draw.pairs)):
             store.add(int(a), int(b), int(ans))
@@ -127,5 +127,130 @@ def test_nis_prefers_images_with_few_look_alikes_and_estimates_the_count():
         if seed == 0:  # vertices: small groups drawn far more often per image than big ones
             verts = np.array([s[0] for s in prop.stats["nis_samples"]])
             assert np.isin(verts, np.flatnonzero(np.repeat(sizes, sizes) == 2)).mean() > 0.6
-    assert abs(np.mean(estimates) - 30) < 1  # unbiased up to the small bias of 1 / n̄
+    assert abs(np.mean(estimates) - 30) < 1  # a sharp proposal: n̄ ≈ the group size, little bias
     assert covered >= 24  # the 95 % interval covers the truth most of the time
+
+
+def test_nis_allocates_the_budget_as_the_reference():
+    # N_v = N_n = round(√B): 9 draws besides the vertex for B = 100, so ceil(100 / 9) vertices
+    assert nis_draws(100) == 9 and nis_draws(1) == 1 and nis_draws(0) == 1
+    x, y = mixture(120, 8, 12, spread=0.5, seed=1)
+    v = Views(x, np.full(120, -1), np.full(120, -1), None)
+    prop = NISSampler(tau=0.05).propose(v, ConstraintStore(120), 100, np.random.default_rng(0))
+    samples = prop.stats["nis_samples"]
+    assert len(samples) == 12 and all(s[1].size == 9 for s in samples)
+    drawn_self = sum(int((s[1] == s[0]).sum()) for s in samples)
+    assert drawn_self > 0  # at τ 0.05 a vertex often draws itself: that asks nothing
+    pairs = prop.draw.pairs
+    assert len(pairs) <= 100 and (pairs[:, 0] != pairs[:, 1]).all()
+    asked = {tuple(sorted(p)) for p in pairs.tolist()}
+    drawn = {tuple(sorted((s[0], int(j)))) for s in samples for j in s[1] if j != s[0]}
+    assert asked <= drawn
+
+
+def test_nis_estimate_is_the_reference_formula():
+    # two vertices; n̄_v = (1 / q_v + Σ same / q) / (draws + 1), the vertex its own first sample
+    store = ConstraintStore(6)
+    store.add(0, 1, "same")
+    store.add(0, 2, "different")
+    store.add(3, 4, "different")
+    samples = [(0, np.array([1, 2, 0]), np.array([0.25, 0.25, 0.5]), 0.5, 0.5),   # n̄ = (2+4+0+2)/4 = 2
+               (3, np.array([4, 4]), np.array([0.1, 0.1]), 0.8, 0.25)]            # n̄ = 1.25/3
+    terms = np.array([1 / 2 / 0.5, 3 / 1.25 / 0.25])
+    est, ci, used = NISSampler.estimate(samples, store)
+    assert used == 2
+    assert est == pytest.approx(terms.mean())
+    assert ci == pytest.approx(1.96 * terms.std() / np.sqrt(2))
+    # an unanswered draw leaves its vertex out; an implied answer counts (0-1 same, 1-5 same)
+    store.add(1, 5, "same")
+    est, _, used = NISSampler.estimate(samples + [(0, np.array([5]), np.array([0.5]), 0.5, 1.0),
+                                                  (2, np.array([3]), np.array([0.5]), 0.5, 1.0)], store)
+    assert used == 3 and est == pytest.approx((terms.sum() + 1 / 2) / 3)  # n̄ = (2 + 2) / 2
+
+
+def arc(degrees):
+    return square([[np.cos(np.radians(a)), np.sin(np.radians(a))] for a in degrees])
+
+
+# Three DBSCAN clusters on the unit circle and one outlier (7, at 42°) between A and B:
+# A = 0, 1, 2, 3 at 0-35°, B = 4, 5, 6 at 50-70°, C = 8, 9, 10 at 150-175°.
+BAS_ANGLES = [0, 10, 20, 35, 50, 55, 70, 42, 150, 160, 175]
+BAS_LABELS = np.array([0, 0, 0, 0, 1, 1, 1, -1, 2, 2, 2])
+
+
+def bas_views():
+    x = arc(BAS_ANGLES)
+    return Views(x, BAS_LABELS, BAS_LABELS, None)
+
+
+def test_farthest_point_order_starts_farthest_from_the_mean():
+    # mean direction ≈ 21°: 45° is farthest; then 0° (45° from it); then 20° (20° from 0°)
+    order = list(farthest_point_order(arc([0, 10, 20, 30, 45])))
+    assert order[:3] == [4, 0, 2] and sorted(order) == [0, 1, 2, 3, 4]
+    assert list(farthest_point_order(np.empty((0, 2), np.float32))) == []
+
+
+def test_lbas_one_triplet_per_cluster_farthest_mate_nearest_other_no_outlier():
+    # per cluster, the anchor is its member farthest from the cluster mean (A: 35°, B: 70°,
+    # C: 175°), the positive its farthest cluster mate, the negative its nearest image of another
+    # cluster; the outlier at 42°, nearest of all to A's anchor, is never asked
+    prop = make_sampler("lbas").propose(bas_views(), ConstraintStore(11), 7, np.random.default_rng(0))
+    got = {(tuple(p), pool) for p, pool in zip(prop.draw.pairs.tolist(), prop.draw.pool)}
+    assert got == {((0, 3), "pos"), ((3, 4), "neg"), ((4, 6), "pos"), ((3, 6), "neg"), ((8, 10), "pos"),
+                   ((6, 10), "neg")}
+    assert list(prop.draw.pool) == ["pos", "neg"] * 3  # balanced; the odd 7th pair of budget is not spent
+    assert prop.stats["triplets"] == 3 and prop.stats["outliers_discarded"] == 1
+
+
+def test_lbas_takes_the_next_farthest_and_nearest_once_asked():
+    store = ConstraintStore(11)
+    for (u, v), a in zip([(0, 3), (3, 4), (4, 6), (3, 6), (8, 10), (6, 10)], ["same", "different"] * 3):
+        store.add(u, v, a)
+    prop = make_sampler("lbas").propose(bas_views(), store, 2, np.random.default_rng(0))
+    pairs = prop.draw.pairs.tolist()
+    assert len(pairs) == 2
+    assert pairs in ([[1, 3], [3, 5]], [[5, 6], [2, 6]], [[9, 10], [5, 10]])  # whichever cluster comes first
+    more = make_sampler("lbas").propose(bas_views(), store, 100, np.random.default_rng(0)).draw.pairs.tolist()
+    assert {(1, 3), (3, 5), (5, 6), (2, 6), (9, 10), (5, 10)} <= {tuple(p) for p in more}
+    assert not any(7 in p for p in more)
+
+
+def anchors(draw):
+    """The anchor of each triplet: the image its positive and negative pair share."""
+    return [int((set(a) & set(b)).pop()) for a, b in zip(draw.pairs[0::2].tolist(), draw.pairs[1::2].tolist())]
+
+
+def test_gbas_takes_anchors_in_one_global_farthest_point_order_lbas_cluster_by_cluster():
+    # A spread over 0-160°, B tight at 270-272°: one global farthest-point order picks 160°, 0°,
+    # 270°, 80° (B's other images are 1-2° from 270°), so GBAS gives A three anchors and B one;
+    # LBAS gives each cluster its anchors in turn
+    x = arc([0, 40, 80, 120, 160, 270, 271, 272])
+    labels = np.array([0, 0, 0, 0, 0, 1, 1, 1])
+    v = Views(x, labels, labels, None)
+    g = make_sampler("gbas").propose(v, ConstraintStore(8), 8, np.random.default_rng(0)).draw
+    assert anchors(g) == [4, 0, 5, 2] == list(farthest_point_order(x))[:4]
+    assert list(g.pool) == ["pos", "neg"] * 4
+    lb = make_sampler("lbas").propose(v, ConstraintStore(8), 8, np.random.default_rng(0)).draw
+    assert sorted(labels[anchors(lb)].tolist()) == [0, 0, 1, 1]
+
+
+@pytest.mark.parametrize("strategy", ["lbas", "gbas"])
+def test_balanced_cycle_logs_the_yield_of_its_positive_and_negative_questions(strategy, tmp_path):
+    import pandas as pd
+
+    from aas_ray.config import load_config
+    from aas_ray.experiment.cycle import ALCycle
+
+    x, y = mixture(300, 16, 30, spread=0.8, seed=3)
+    cv = build_views(x, k1=15, k2=4, eps="auto")
+    cfg = load_config(None, ["cluster.k1=15", "cluster.k2=4", f"al.strategy={strategy}", "al.budget_pairs=41"])
+    cycle = ALCycle(cfg, 300, ConstraintStore(300), np.random.default_rng(0), SimulatedOracle(y),
+                    pairs_log=tmp_path / "pairs.csv")
+    row = cycle.run(1, x, cv).row
+    assert row["asked_pos"] == row["asked_neg"] == 20 and row["pairs_asked"] == 40
+    pairs = pd.read_csv(tmp_path / "pairs.csv")
+    same = y[pairs["u"]] == y[pairs["v"]]
+    for pool in ("pos", "neg"):
+        assert row[f"ml_{pool}"] == (same & (pairs["pool"] == pool)).sum()
+    assert row["ml_pos"] > row["ml_neg"]  # cluster mates are the likelier matches
+    assert (cv.labels_a[pairs[["u", "v"]].to_numpy()] >= 0).all()  # no DBSCAN outlier asked

@@ -116,6 +116,18 @@ def test_report_rebuilds_table_one_and_curves_from_the_store(tmp_path):
     assert "Paired differences" in (out / "report.html").read_text()
 
 
+def test_report_orders_the_baselines_and_names_the_reconstructions():
+    from aas_ray.orchestration.report import table_one
+
+    rows = [{"dataset": "synthetic", "strategy": s, "seed": seed, "pair F1": f, "ARI": f, "NMI": f, "must-links": 3,
+             "budget": 0.001}
+            for seed in (0, 1) for s, f in (("aas", 0.3), ("lbas", 0.2), ("none", 0.1), ("gbas", 0.15), ("nis", 0.12))]
+    table = table_one(pd.DataFrame(rows), "simulate")
+    per = table[table["dataset"] == "synthetic"]
+    assert list(per["strategy"]) == ["none", "nis", "gbas (reconstruction)", "lbas (reconstruction)", "aas"]
+    assert per.iloc[3]["pair F1"] == "20.0 ± 0.0" and per.iloc[3]["n"] == 2
+
+
 def test_gap_closed_uses_bounds_from_the_same_command_or_the_store(tmp_path):
     from mlflow.tracking import MlflowClient
 

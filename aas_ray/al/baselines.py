@@ -5,15 +5,21 @@ a seed; all are refined by NP3 downstream, as AAS is.
 
 * ``nis`` — nested importance sampling (Perez et al., ECCV 2024): vertices drawn with
   probability ∝ 1/n̂_i (n̂_i: the soft count of images like i, so images in small groups
-  come up more), then neighbours of each vertex drawn ∝ a row softmax of cosine similarity
-  (temperature τ); the answers also give an estimate of the number of individuals, with a
-  95 % interval.
+  come up more), then about √B neighbours of each vertex drawn ∝ a row softmax of cosine
+  similarity (temperature τ), as the authors' code allocates a budget of B pairs; the answers
+  also give an estimate of the number of individuals, with a 95 % interval.
 * ``farthest-nearest`` — per cluster of the current pseudo-labels, its farthest
   intra-cluster pair and its nearest pair to another cluster (the pair rule of SPAL).
 * ``uncertainty`` — the pairs whose k-reciprocal distance lies closest to DBSCAN's radius,
   the clustering's decision boundary.
 * ``nearest`` — the most similar pairs, most similar first: what a person reviewing
   matches by hand does.
+* ``lbas`` / ``gbas`` — balanced active sampling (He et al., ICME 2024), *reconstructed* from
+  the AAS paper's description (no public code; every choice in docs/method.md §15): triplets
+  of DBSCAN-clustered images, the anchor by farthest-point sampling, the positive the farthest
+  member of its cluster, the negative the nearest image of another cluster, one positive and
+  one negative question per triplet, DBSCAN's outliers never asked. LBAS takes anchors
+  cluster by cluster in turn, GBAS over all clustered images at once.
 """
 
 from __future__ import annotations
@@ -126,6 +132,112 @@ class FarthestNearestSampler:
         return Proposal(_draw(chosen, "fn"), {"clusters": len(clusters), "pool_open": len(candidates)})
 
 
+def farthest_point_order(x: np.ndarray):
+    """Row indices of the unit rows ``x`` in farthest-point order by cosine distance, from the
+    row farthest from their mean (ties to the lower index): each next row is the one whose
+    nearest already chosen row is farthest (docs/method.md §15)."""
+    n = x.shape[0]
+    if n == 0:
+        return
+    d = np.full(n, np.inf)
+    i = int(np.argmin(x @ x.mean(axis=0)))
+    for _ in range(n):
+        yield i
+        d = np.minimum(d, 1.0 - x @ x[i])
+        d[i] = -np.inf  # chosen; np.minimum keeps it so
+        i = int(np.argmax(d))
+
+
+@dataclass
+class _BalancedSampler:
+    """Balanced active sampling (He et al., ICME 2024), reconstructed (docs/method.md §15):
+    per triplet one positive question (anchor, farthest member of its cluster) and one negative
+    question (anchor, nearest image of another cluster), so the budget is split evenly."""
+
+    name: str = "bas"
+    local = True  # LBAS; GBAS sets False
+
+    def propose(self, views, store: ConstraintStore, budget: int, rng: np.random.Generator):
+        from aas_ray.al.refine import np3
+        from aas_ray.al.samplers import Proposal
+
+        x = views.features
+        # the current pseudo-labels (view A with every answer, NP3); DBSCAN's outliers discarded
+        labels = np.where(views.labels_a < 0, -1, np3(views.labels_a, store.must_links(), store.cannot_links(), x))
+        groups, _ = Groups.of_labels(labels)
+        clusters = [g for g in groups if g.size > 1 and labels[g[0]] >= 0]
+        taken: set[tuple[int, int]] = set()
+        triplets = []
+        for a in self._anchors(x, clusters, rng):
+            if 2 * (len(triplets) + 1) > budget:
+                break
+            t = _balanced_triplet(x, labels, a, store, taken)
+            if t is not None:
+                triplets.append(t)
+        pairs = np.array([p for _, pos, neg in triplets for p in (pos, neg)], dtype=np.int64).reshape(-1, 2)
+        pool = np.array(["pos", "neg"] * len(triplets), dtype="<U6")
+        draw = PairDraw(pairs, pool, np.full(len(pairs), "", "<U16"), np.full(len(pairs), np.nan))
+        stats = {"clusters": len(clusters), "triplets": len(triplets), "pool_open": int(len(pairs)),
+                 "outliers_discarded": int((views.labels_a < 0).sum())}
+        return Proposal(draw, stats)
+
+    def _anchors(self, x: np.ndarray, clusters: list, rng: np.random.Generator):
+        if not clusters:
+            return
+        if not self.local:  # GBAS: one farthest-point order over every clustered image
+            members = np.concatenate(clusters)
+            for i in farthest_point_order(x[members]):
+                yield int(members[i])
+            return
+        # LBAS: the clusters in a seeded random order, each giving its next farthest point in turn
+        orders = [(m, farthest_point_order(x[m])) for m in (clusters[k] for k in rng.permutation(len(clusters)))]
+        while orders:
+            alive = []
+            for m, order in orders:
+                i = next(order, None)
+                if i is not None:
+                    alive.append((m, order))
+                    yield int(m[i])
+            orders = alive
+
+
+def _balanced_triplet(x: np.ndarray, labels: np.ndarray, a: int, store: ConstraintStore, taken: set):
+    """(anchor, positive pair, negative pair): the anchor's farthest cluster mate and its nearest
+    image of another cluster whose pairs are still open and not yet taken; None without both."""
+    s = x @ x[a]
+    mates = np.flatnonzero(labels == labels[a])
+    mates = mates[mates != a]
+    others = np.flatnonzero((labels >= 0) & (labels != labels[a]))
+    pos = _first_open(a, mates[np.argsort(s[mates], kind="stable")], store, taken)
+    neg = _first_open(a, others[np.argsort(-s[others], kind="stable")], store, taken)
+    if pos is None or neg is None:
+        return None
+    taken.update((pos, neg))
+    return a, pos, neg
+
+
+def _first_open(a: int, candidates: np.ndarray, store: ConstraintStore, taken: set):
+    """The first pair (a, c), in the order of ``candidates``, neither settled nor taken."""
+    if candidates.size == 0:
+        return None
+    pairs = np.sort(np.stack([np.full(candidates.size, a), candidates], axis=1), axis=1)
+    for u, v in pairs[store.open_pairs(pairs)]:
+        if (int(u), int(v)) not in taken:
+            return int(u), int(v)
+    return None
+
+
+@dataclass
+class LBASSampler(_BalancedSampler):
+    name: str = "lbas"
+
+
+@dataclass
+class GBASSampler(_BalancedSampler):
+    name: str = "gbas"
+    local = False
+
+
 def _soft_counts(x: np.ndarray, tau: float, views, rng: np.random.Generator) -> np.ndarray:
     """n̂_i = Σ_j exp((cos_ij - 1) / τ): the soft number of images like i (itself counts 1)."""
     n = x.shape[0]
@@ -141,12 +253,18 @@ def _soft_counts(x: np.ndarray, tau: float, views, rng: np.random.Generator) -> 
     return near + far
 
 
+def nis_draws(budget: int) -> int:
+    """Draws per vertex for a budget of ``budget`` pairs: the reference's allocation, N_v = N_n =
+    round(√B) samples with the vertex itself the first of its N_n (docs/method.md §14)."""
+    return max(1, round(np.sqrt(max(budget, 1))) - 1)
+
+
 @dataclass
 class NISSampler:
     """Nested importance sampling (Perez et al., ECCV 2024), for pairs and for a count."""
 
     tau: float = 0.5
-    neighbours: int = 5  # neighbours drawn per vertex (the vertex itself is not asked)
+    neighbours: int | None = None  # draws per vertex besides itself; None: nis_draws(budget)
     name: str = "nis"
 
     def propose(self, views, store: ConstraintStore, budget: int, rng: np.random.Generator):
@@ -154,18 +272,18 @@ class NISSampler:
 
         x = views.features
         n = x.shape[0]
+        draws = self.neighbours or nis_draws(budget)
         n_hat = _soft_counts(x, self.tau, views, rng)
         big_q = (1.0 / n_hat) / (1.0 / n_hat).sum()
-        vertices = rng.choice(n, size=max(1, int(np.ceil(budget / self.neighbours))), p=big_q, replace=True)
+        vertices = rng.choice(n, size=max(1, int(np.ceil(budget / draws))), p=big_q, replace=True)
         samples, pairs = [], []
         for v in vertices:
-            # neighbours of v other than v itself, ∝ the softmax of similarity
+            # the row softmax of similarity, v included (q_v = 1 / n̂_v); a draw of v asks nothing
             q = np.exp((x @ x[v] - 1.0) / self.tau)
-            q[v] = 0.0
             q /= q.sum()
-            nb = rng.choice(n, size=self.neighbours, p=q, replace=True)
-            samples.append((int(v), nb, q[nb], float(big_q[v])))
-            pairs += [(int(v), int(j)) for j in nb]
+            nb = rng.choice(n, size=draws, p=q, replace=True)
+            samples.append((int(v), nb, q[nb], float(q[v]), float(big_q[v])))
+            pairs += [(int(v), int(j)) for j in nb if j != v]
         chosen = _open_in_order(store, np.array(pairs, dtype=np.int64).reshape(-1, 2), budget)
         prop = Proposal(_draw(chosen, "nis"), {"pool_open": len(pairs), "vertices": int(len(vertices))})
         prop.stats["nis_samples"] = samples
@@ -174,20 +292,21 @@ class NISSampler:
     @staticmethod
     def estimate(samples, store: ConstraintStore) -> tuple[float, float, int]:
         """(individuals, half-width of its 95 % interval, vertices used) from the answers to the
-        drawn pairs (a vertex is used when all its drawn neighbours have an answer)."""
+        drawn pairs (a vertex is used when all its drawn neighbours have an answer).
+
+        As the reference: v's group size n̄_v is the mean of same / q over its N_n samples, v
+        itself the first (1 / q_v); F̂ = mean over vertices of 1 / (n̄_v · Q_v)."""
         terms = []
-        for v, nb, q_nb, big_q in samples:
-            pairs = np.array([(v, j) for j in nb], dtype=np.int64).reshape(-1, 2)
+        for v, nb, q_nb, q_self, big_q in samples:
+            others = nb != v
+            pairs = np.array([(v, j) for j in nb[others]], dtype=np.int64).reshape(-1, 2)
             known = store.implied(pairs) if len(pairs) else np.empty(0, np.int8)
             ans = store.answers_for(pairs) if len(pairs) else np.empty(0, np.int64)
-            same = np.where(ans >= 0, ans == int(Answer.MUST_LINK), known == 1)
-            unknown = (ans < 0) & (known < 0) | (ans == int(Answer.UNSURE))
-            if unknown.any():
+            if (((ans < 0) & (known < 0)) | (ans == int(Answer.UNSURE))).any():
                 continue
-            # the size of v's individual's cluster: v itself plus an unbiased estimate of the
-            # others (Perez et al. put v among its own samples instead, which biases the size
-            # up when the softmax is flat); at least 1, so its inverse is finite
-            n_bar = 1.0 + float(np.mean(same / q_nb))
+            same = np.ones(nb.size)
+            same[others] = np.where(ans >= 0, ans == int(Answer.MUST_LINK), known == 1)
+            n_bar = (1.0 / q_self + float(np.sum(same / q_nb))) / (nb.size + 1)
             terms.append((1.0 / n_bar) / big_q)
         if not terms:
             return float("nan"), float("nan"), 0

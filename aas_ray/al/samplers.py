@@ -157,10 +157,12 @@ class RandomSampler:
         return Proposal(draw, {"pool_open": total - len(store.annotations)})
 
 
-from aas_ray.al.baselines import FarthestNearestSampler, NearestSampler, NISSampler, UncertaintySampler  # noqa: E402
+from aas_ray.al.baselines import (  # noqa: E402
+    FarthestNearestSampler, GBASSampler, LBASSampler, NearestSampler, NISSampler, UncertaintySampler,
+)
 
 SAMPLERS = {"aas": AASSampler, "random": RandomSampler, "nis": NISSampler, "farthest-nearest": FarthestNearestSampler,
-            "uncertainty": UncertaintySampler, "nearest": NearestSampler}
+            "uncertainty": UncertaintySampler, "nearest": NearestSampler, "lbas": LBASSampler, "gbas": GBASSampler}
 
 
 def make_sampler(strategy: str, **params) -> PairSampler:

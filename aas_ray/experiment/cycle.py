@@ -26,8 +26,9 @@ from aas_ray.experiment.annotations import AnnotationJournal
 log = logging.getLogger(__name__)
 
 # Strategies that ask an oracle; ``none`` (plain SpCL) and ``supervised`` (the skyline) do not.
-SAMPLED = ("random", "aas", "nis", "farthest-nearest", "uncertainty", "nearest")
-POOLS = ("os", "us", "random", "nis", "fn", "bound", "near")
+SAMPLED = ("random", "aas", "nis", "farthest-nearest", "uncertainty", "nearest", "lbas", "gbas")
+# where a pair came from: AAS's two pools, or a baseline's rule (lbas / gbas: a triplet's positive or negative pair)
+POOLS = ("os", "us", "random", "nis", "fn", "bound", "near", "pos", "neg")
 
 
 def pair_similarity(kind: str, views: ClusterViews, x: np.ndarray):

@@ -25,7 +25,18 @@ log = logging.getLogger(__name__)
 TRAIN_METRICS = [("mAP", "eval/mAP"), ("mINP", "eval/mINP"), ("BAKS", "eval/BAKS"), ("AUC-ROC", "eval/auc_roc"),
                  ("Top-1", "eval/top1"), ("Top-3", "eval/top3"), ("Top-5", "eval/top5"), ("Top-10", "eval/top10")]
 SIM_METRICS = [("pair F1", "pair_f1"), ("ARI", "ari"), ("NMI", "nmi"), ("must-links", "must_link")]
-ORDER = ["none", "random", "nis", "farthest-nearest", "uncertainty", "nearest", "aas", "supervised"]
+ORDER = ["none", "random", "nis", "farthest-nearest", "uncertainty", "nearest", "gbas", "lbas", "aas", "supervised"]
+# rebuilt from a description, without the authors' code (docs/method.md §15): so named wherever reported
+RECONSTRUCTED = ("gbas", "lbas")
+
+
+def shown(strategy: str) -> str:
+    """A strategy's name in tables and legends: reconstructions say so."""
+    return f"{strategy} (reconstruction)" if strategy in RECONSTRUCTED else strategy
+
+
+def _ordered(strategies) -> list:
+    return sorted(strategies, key=lambda s: ORDER.index(s) if s in ORDER else 99)
 
 
 def study_runs(client, experiment: str, study: str, parent_id: str | None = None):
@@ -80,8 +91,8 @@ def table_one(df: pd.DataFrame, kind: str) -> pd.DataFrame:
         else:
             agg = sub.groupby("strategy")[metrics].agg(["mean", "std"])
             n = sub.groupby("strategy").size()
-        for s in sorted(agg.index, key=lambda s: ORDER.index(s) if s in ORDER else 99):
-            row = {"dataset": ds, "strategy": s, "n": int(n[s])}
+        for s in _ordered(agg.index):
+            row = {"dataset": ds, "strategy": shown(s), "n": int(n[s])}
             for m in metrics:
                 mu, sd = agg.loc[s, (m, "mean")], agg.loc[s, (m, "std")]
                 f = 100 if m in pct else 1
@@ -103,7 +114,7 @@ def curves(client, df: pd.DataFrame, kind: str, out: Path) -> list[Path]:
     for ds, sub in df.groupby("dataset"):
         fig, axes = plt.subplots(1, len(ys), figsize=(5.2 * len(ys), 3.8), squeeze=False)
         for ax, (label, key) in zip(axes[0], ys):
-            for s in sorted(sub["strategy"].unique(), key=lambda s: ORDER.index(s) if s in ORDER else 99):
+            for s in _ordered(sub["strategy"].unique()):
                 pts = []
                 for rid in sub.loc[sub["strategy"] == s, "run_id"]:
                     xs = {m.step: m.value for m in client.get_metric_history(rid, x_key)}
@@ -117,7 +128,7 @@ def curves(client, df: pd.DataFrame, kind: str, out: Path) -> list[Path]:
                 if s in ("none", "supervised"):  # bounds: a line at their final value
                     ax.axhline(100 * p["y"].iloc[-1], label=s, **style)
                 else:
-                    ax.plot(p["x"] * (1 if kind == "train" else 100), 100 * p["y"], marker="o", label=s)
+                    ax.plot(p["x"] * (1 if kind == "train" else 100), 100 * p["y"], marker="o", label=shown(s))
             ax.set_xlabel("pairs asked" if kind == "train" else "utilised budget (% of all pairs)")
             ax.set_ylabel(f"{label} (%)")
             ax.grid(alpha=0.3)
@@ -147,17 +158,21 @@ def write_html(study: str, kind: str, table: pd.DataFrame, trials: pd.DataFrame,
             "<p>Pseudo-label quality after the last cycle on frozen features (mean ± sd over seeds).</p>",
             "<h2>Table 1</h2>", frame(table)]
     if pairs is not None and not pairs.empty:
-        shown = pairs.drop(columns=["a", "b"]).copy()
+        diffs = pairs.drop(columns=["a", "b"]).copy()
         for c in ("mean", "low", "high"):
-            shown[c] = (100 * shown[c]).round(1)
+            diffs[c] = (100 * diffs[c]).round(1)
         body += ["<h2>Paired differences</h2>", "<p>A − B on the same dataset and seed, in points; the interval is "
-                 "a 95 % t-interval over the seeds, and a verdict is given only when it excludes 0.</p>", frame(shown)]
+                 "a 95 % t-interval over the seeds, and a verdict is given only when it excludes 0.</p>", frame(diffs)]
     if across is not None and not across.empty:
         body += ["<p>Across datasets, the Wilcoxon signed-rank test on the per-dataset means (fewer than 6 datasets "
                  "cannot reach p &lt; 0.05):</p>", frame(across.round(4))]
     body += ["<h2>Budget curves</h2>"]
+    if trials["strategy"].isin(RECONSTRUCTED).any():
+        body.insert(2, "<p><b>gbas</b> and <b>lbas</b> (He et al., ICME 2024) are reconstructions from a description, "
+                       "without the authors' code: every choice is in docs/method.md §15.</p>")
     body += [f'<img src="{html.escape(p.name)}" style="max-width:100%">' for p in pngs]
-    body += ["<h2>Trials</h2>", frame(trials.drop(columns=["run_id"]).round(4))]
+    trials = trials.drop(columns=["run_id"]).assign(strategy=trials["strategy"].map(shown))
+    body += ["<h2>Trials</h2>", frame(trials.round(4))]
     css = ("body{font-family:system-ui,sans-serif;margin:1.5em;color:#222} table.t{border-collapse:collapse;"
            "font-size:0.9em} .t td,.t th{border-bottom:1px solid #ddd;padding:3px 8px;text-align:right}")
     path.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>aas-ray study {html.escape(study)}"
