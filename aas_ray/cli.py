@@ -118,6 +118,17 @@ def _strategies(text: str) -> list[str]:
     return names
 
 
+def _seeds(text: str) -> list[int]:
+    """``--seeds 0,1,2``: distinct integers, in order."""
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seeds needs comma-separated integers, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"--seeds needs distinct integers, got {text!r}")
+    return seeds
+
+
 def cmd_run(args) -> int:
     from aas_ray.orchestration.run import run_cli
 
@@ -222,6 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--strategies", help="comma-separated strategies run one after another on the same data, "
                    "split and seed, e.g. none,random,aas,supervised (default: al.strategy)")
     r.add_argument("--tracking-uri", help="MLflow tracking URI (default: env MLFLOW_TRACKING_URI or ./mlflow.db)")
+    r.add_argument("--seeds", type=_seeds, metavar="LIST",
+                   help="comma-separated seeds: every strategy on each seed, then paired differences with 95 %% "
+                        "intervals (default: the config's seed)")
     r.add_argument("--resume", metavar="RUN", help="resume an interrupted run (MLflow run id or run folder)")
     r.add_argument("--workers", type=int, default=0, help="Ray Train DDP workers (0 = this process)")
     r.add_argument("--parallel", type=int, default=1, metavar="N",

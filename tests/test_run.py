@@ -97,6 +97,31 @@ def test_tiny_run_is_logged_to_mlflow_with_its_bounds(tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_several_seeds_give_paired_verdicts(tmp_path, capsys, caplog):
+    assert main(cli_args(tmp_path, "--strategies", "none,random", "--seeds", "3,5", epochs=1)) == 0
+    client = client_of(tmp_path)
+    exp = client.get_experiment_by_name("aas-ray")
+    runs = client.search_runs([exp.experiment_id])
+    assert sorted((r.data.tags["strategy"], r.data.params["seed"]) for r in runs) == [
+        ("none", "3"), ("none", "5"), ("random", "3"), ("random", "5")]
+    final = {(r.data.tags["strategy"], int(r.data.params["seed"])): r.data.metrics["eval/mAP"] for r in runs}
+    diffs = [final[("random", s)] - final[("none", s)] for s in (3, 5)]
+    out = capsys.readouterr().out
+    assert "Paired differences in mAP over 2 seeds" in out
+    # the row of the contrast: both per-seed differences in points, then the verdict
+    row = next(line for line in out.splitlines() if line.startswith("| random − none |"))
+    assert " ".join(f"{100 * d:+.1f}" for d in diffs) in row
+    assert row.rstrip(" |").endswith(("not separable", "random > none", "random < none"))
+    assert "use --seeds 0,1,2,3,4 for a verdict" in out
+    for bad in ("1,1", "1,x"):
+        with pytest.raises(SystemExit) as exit_:
+            main(cli_args(tmp_path, "--seeds", bad))
+        assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "--seeds needs distinct integers, got '1,1'" in err and "--seeds needs comma-separated integers" in err
+
+
+@pytest.mark.slow
 def test_strategies_side_by_side_in_processes(tmp_path, capsys):
     assert main(cli_args(tmp_path, "--strategies", "none,aas,supervised", "--parallel", "2")) == 0
     client = client_of(tmp_path)

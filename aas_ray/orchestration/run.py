@@ -22,7 +22,8 @@ from aas_ray.experiment.checkpoint import RunState
 from aas_ray.experiment.prepare import Experiment, prepare_experiment
 from aas_ray.experiment.pending import awaiting_message
 from aas_ray.experiment.trainer import RunOutcome, SpCLTrainer
-from aas_ray.orchestration.compare import bounds_in_store, config_key, gap_closed
+from aas_ray.eval.paired import mean_interval
+from aas_ray.orchestration.compare import BOUNDS, bounds_in_store, config_key, format_paired, gap_closed, paired_table
 from aas_ray.orchestration.plots import map_vs_budget
 from aas_ray.orchestration.runlock import RunLock
 from aas_ray.orchestration.tracking import MlflowTracker, check_tracking_uri, resolve_tracking_uri
@@ -231,35 +232,76 @@ def run_cli(args, cfg: Config, strategies: list[str]) -> int:
             log.info("run %s finished: %s", run_id,
                      {k: round(v, 4) for k, v in outcome.final.items() if isinstance(v, float)})
         return 0
-    configs = [strategy_config(cfg, s) for s in strategies]  # every value checked before any work
+    seeds = args.seeds if args.seeds else [cfg.seed]
+    configs = [strategy_config(seeded(cfg, seed), s) for seed in seeds for s in strategies]  # all checked first
     parallel = check_parallel(args, cfg, len(configs))
     mark_interrupted(Path(cfg.output_dir), uri)
-    experiment = prepare_experiment(cfg) if args.workers == 0 and parallel == 1 else None
-    if experiment is None:
-        prepare_experiment(cfg)  # fail fast on the data before Ray starts; workers reuse the feature cache
+    experiments = {}
+    for seed in seeds:  # every seed's data and split before any training (fails fast, fills the caches)
+        one = prepare_experiment(seeded(cfg, seed))
+        experiments[seed] = one if args.workers == 0 and parallel == 1 else None
     if parallel > 1:
         results = train_side_by_side(configs, uri, parallel)
     else:
-        results = [train_one(one, uri, workers=args.workers, experiment=experiment, serve=serve_options(args))
-                   for one in configs]
+        results = [train_one(one, uri, workers=args.workers, experiment=experiments[one.seed],
+                             serve=serve_options(args)) for one in configs]
     rows = []
     for one, (run_id, outcome) in zip(configs, results):
-        rows.append({"strategy": one.al.strategy, "run_id": run_id, "finished": outcome.finished,
+        rows.append({"seed": one.seed, "strategy": one.al.strategy, "run_id": run_id, "finished": outcome.finished,
                      **({k: outcome.final.get(k) for k in TABLE} if outcome.finished else {})})
-    known = {r["strategy"]: r["mAP"] for r in rows if r["strategy"] in ("none", "supervised") and r["finished"]}
-    for r in rows:
-        r["gap_closed"] = (log_gap_closed(uri, strategy_config(cfg, r["strategy"]), r["run_id"], r, known)
-                           if r["finished"] else float("nan"))
+    for seed in seeds:
+        mine = [r for r in rows if r["seed"] == seed]
+        known = {r["strategy"]: r["mAP"] for r in mine if r["strategy"] in BOUNDS and r["finished"]}
+        for r in mine:
+            r["gap_closed"] = (log_gap_closed(uri, strategy_config(seeded(cfg, seed), r["strategy"]), r["run_id"], r,
+                                              known) if r["finished"] else float("nan"))
     table = pd.DataFrame(rows)
-    evals = {r["strategy"]: pd.read_csv(f) for r in rows if (f := Path(cfg.output_dir) / r["run_id"] / "evals.csv").is_file()}
-    if len(evals) > 1:
-        path = map_vs_budget(evals, Path(cfg.output_dir) / f"compare-{cfg.data.name}.png", cfg.data.name)
-        log.info("mAP against utilised budget, all strategies: %s", path)
-    with pd.option_context("display.width", 200):
-        print(f"{cfg.data.name}, seed {cfg.seed}: gap_closed = (mAP - mAP_none) / (mAP_supervised - mAP_none)")
-        table["status"] = np.where(table["finished"], "finished", "waits for answers")
-        print(table.drop(columns=["finished"]).to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="-"))
+    for seed in seeds:
+        mine = [r for r in rows if r["seed"] == seed]
+        evals = {r["strategy"]: pd.read_csv(f) for r in mine
+                 if (f := Path(cfg.output_dir) / r["run_id"] / "evals.csv").is_file()}
+        if len(evals) > 1:
+            path = map_vs_budget(evals, Path(cfg.output_dir) / f"compare-{cfg.data.name}-seed{seed}.png",
+                                 f"{cfg.data.name}, seed {seed}")
+            log.info("mAP against utilised budget, all strategies of seed %d: %s", seed, path)
+    print_results(table, cfg.data.name, seeds)
     log.info("results are in MLflow (%s), experiment %r: run `mlflow ui --backend-store-uri %s` and open "
              "http://127.0.0.1:5000/#/experiments/%s/runs?workflowType=machine_learning", uri, cfg.tracking.experiment,
              uri, MlflowTracker(uri, rows[0]["run_id"]).client.get_run(rows[0]["run_id"]).info.experiment_id)
     return 0
+
+
+def seeded(cfg: Config, seed: int) -> Config:
+    """``cfg`` with another seed (split, initialisation, sampling), validated like any config."""
+    raw = cfg.model_dump(mode="json")
+    raw["seed"] = seed
+    return build_config(raw, source=f"--seeds {seed}")
+
+
+def print_results(table: pd.DataFrame, dataset: str, seeds: list[int]) -> None:
+    """Every run's row, then what the seeds support: the paired differences between the
+    strategies with their 95 % intervals and verdicts, and gap closed over the seeds."""
+    with pd.option_context("display.width", 200):
+        print(f"{dataset}, seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}: "
+              "gap_closed = (mAP - mAP_none) / (mAP_supervised - mAP_none) on the same seed")
+        shown = table.assign(status=np.where(table["finished"], "finished", "waits for answers"))
+        print(shown.drop(columns=["finished"]).to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="-"))
+    done = table[table["finished"]]
+    if done.empty or done["strategy"].nunique() < 2:
+        return
+    paired = paired_table(done, "mAP", "strategy", ("seed",), ())
+    print(f"\nPaired differences in mAP over {len(seeds)} seed{'s' if len(seeds) > 1 else ''} (A − B on the same "
+          "seed; a verdict only when the 95 % interval excludes 0):")
+    print(format_paired(paired))
+    gaps = []
+    for strategy, sub in done.groupby("strategy"):
+        if strategy in BOUNDS or sub["gap_closed"].isna().all():
+            continue
+        mean, low, high = mean_interval(sub["gap_closed"])
+        gaps.append(f"  {strategy}: {100 * mean:.0f} %" + ("" if np.isnan(low) else
+                                                          f" [95 % interval {100 * low:.0f} %, {100 * high:.0f} %]"))
+    if gaps:
+        print("Gap closed, mean over seeds:\n" + "\n".join(gaps))
+    if len(seeds) < 3:
+        print(f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''} cannot separate strategies whose runs differ by "
+              "less than the seed-to-seed spread; use --seeds 0,1,2,3,4 for a verdict.")
