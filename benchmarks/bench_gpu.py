@@ -1,6 +1,6 @@
 """aas-ray on a GPU, measured: run it from the repository root on a machine with an NVIDIA GPU
-(about 6-8 minutes on one H100/H200; ``--smoke`` runs the same code paths at tiny sizes on a
-CPU in about two minutes).
+(sized for under 8 minutes on one H100/H200; ``--smoke`` runs the same code paths at tiny
+sizes on a CPU in a few minutes).
 
 1. the environment: GPUs, driver, torch and its CUDA, the FAISS build and the GPUs it sees
    (what ``aas-ray doctor`` prints);

@@ -30,9 +30,9 @@ import torch
 
 try:
     import faiss
-except ImportError:  # pyproject leaves the build to the installer: requirements-cpu.txt or -gpu.txt
-    raise ImportError("aas-ray needs FAISS: pip install -r requirements-cpu.txt (or requirements-gpu.txt on a "
-                      "GPU machine), or pip install 'aas-ray[cpu]' / 'aas-ray[gpu]'") from None
+except ImportError:  # pyproject names no FAISS build: the installer chooses one
+    raise ImportError("aas-ray needs FAISS: pip install -r requirements.txt (requirements-gpu.txt on a GPU "
+                      "machine), or pip install 'aas-ray[cpu]' / 'aas-ray[gpu]'") from None
 
 log = logging.getLogger(__name__)
 
@@ -119,12 +119,13 @@ def _on_device(a: np.ndarray, device: torch.device, dtype: torch.dtype) -> torch
 @torch.no_grad()
 def torch_knn(x: np.ndarray, q: np.ndarray | None, k: int, device: torch.device | str,
               half: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Exact inner-product kNN of ``q`` (None: ``x`` itself) in ``x``, best first, by chunked
-    matrix product and top-k in torch on ``device`` (the GPU when FAISS has none; any device works).
+    """Inner-product kNN of ``q`` (None: ``x`` itself) in ``x``, best first, by chunked matrix
+    product and top-k in torch on ``device`` (the GPU when FAISS has none; any device works):
+    exact in float32 (torch's default matmul precision, TF32 off).
 
     ``half`` scans float16 copies, keeps ``RERANK`` · k candidates per query and ranks them again
-    by their float32 products (of the float16 copies: about 1e-5 off for unit rows), so only a
-    true neighbour scored below ``RERANK`` · k others by float16 rounding is missed.
+    by their float32 products (of the float16 copies: within a few 1e-4 for unit rows), so only
+    a true neighbour scored below ``RERANK`` · k others by float16 rounding is missed.
     """
     device = torch.device(device)
     xb = _on_device(x, device, torch.float16 if half else torch.float32)

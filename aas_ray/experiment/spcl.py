@@ -66,12 +66,13 @@ class HybridMemory(nn.Module):
         ``indexes`` on the host costs no sync (on the device it is copied to the host once).
         """
         host = indexes.cpu().numpy()
+        if not host.size:
+            return
         rank = _occurrence(host)
         idx = indexes.to(self.features.device, non_blocking=True)
         x = inputs.float()
-        if rank.max(initial=0) == 0:  # all distinct: one round, in place
-            rows = idx
-            steps = [(None, rows)]
+        if rank.max() == 0:  # all distinct: one round
+            steps = [(None, idx)]
         else:
             order = np.argsort(rank, kind="stable")  # by round, batch order within a round
             bounds = np.searchsorted(rank[order], np.arange(rank.max() + 2))

@@ -74,7 +74,7 @@ def report() -> Report:
     if len(builds) > 1:
         r.problems.append(f"{' and '.join(builds)} are installed together: both write the module faiss, so one "
                           "overwrites the other's files; pip uninstall -y faiss-cpu faiss-gpu, then pip install -r "
-                          "requirements-cpu.txt (or requirements-gpu.txt)")
+                          "requirements-gpu.txt (or requirements.txt on a CPU machine)")
     device = knn.gpu_device()
     if device is None:
         where = "CPU (FAISS; IVF or HNSW above cluster.knn_exact_up_to images)"
