@@ -1,17 +1,34 @@
 # Two entry points for a fresh machine: `make demo` and `make test`. Each creates .venv.
+# On a GPU machine run `make gpu` once: FAISS's GPU build (requirements-gpu.txt) replaces the
+# CPU one, and every later target keeps it (the choice is kept in .venv/.faiss).
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+FAISS ?= $(shell cat $(VENV)/.faiss 2>/dev/null || echo cpu)
+$(if $(filter cpu gpu,$(FAISS)),,$(error FAISS must be cpu or gpu, not '$(FAISS)'))
+REQUIREMENTS := $(if $(filter gpu,$(FAISS)),requirements-gpu.txt,requirements.txt)
+OTHER_FAISS := $(if $(filter gpu,$(FAISS)),faiss-cpu,faiss-gpu)
 
-.PHONY: demo test test-fast bench clean
+.PHONY: demo test test-fast bench gpu doctor clean
 
-$(STAMP): requirements.txt pyproject.toml
+# Both FAISS builds ship the module faiss: the other build goes first, with the files they share.
+$(STAMP): requirements.txt requirements-gpu.txt requirements-base.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -r requirements.txt
+	if $(BIN)/pip show --quiet $(OTHER_FAISS) 2>/dev/null; then $(BIN)/pip uninstall --quiet -y $(OTHER_FAISS) faiss-$(FAISS); fi
+	$(BIN)/pip install --quiet -r $(REQUIREMENTS)
 	$(BIN)/pip install --quiet --no-deps -e .
+	echo $(FAISS) > $(VENV)/.faiss
 	touch $(STAMP)
+
+gpu:
+	rm -f $(STAMP)
+	$(MAKE) FAISS=gpu $(STAMP)
+	$(BIN)/aas-ray doctor
+
+doctor: $(STAMP)
+	$(BIN)/aas-ray doctor
 
 demo: $(STAMP)
 	$(BIN)/aas-ray run --strategies none,random,aas,supervised --parallel 2

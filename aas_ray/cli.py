@@ -1,4 +1,4 @@
-"""The ``aas-ray`` command: datasets, evaluate, simulate, run, tune."""
+"""The ``aas-ray`` command: datasets, evaluate, simulate, run, tune, doctor."""
 
 from __future__ import annotations
 
@@ -191,6 +191,14 @@ def cmd_cache(args) -> int:
     return 0
 
 
+def cmd_doctor(args) -> int:
+    from aas_ray.orchestration.doctor import report
+
+    r = report()
+    print(r.text())
+    return 1 if r.problems else 0
+
+
 def cmd_tune(args) -> int:
     from aas_ray.orchestration.tune import tune_cli
 
@@ -271,6 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--address", help="Ray cluster address (default: local / RAY_ADDRESS)")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a study key")
     t.set_defaults(func=cmd_tune)
+
+    dr = sub.add_parser("doctor", help="torch, CUDA and GPUs, the FAISS build in use, and where kNN and training run")
+    dr.set_defaults(func=cmd_doctor)
     return p
 
 

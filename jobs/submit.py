@@ -8,7 +8,7 @@ the Ray Jobs API, follow its logs, or stop it.
     python jobs/submit.py status <submission_id> --address ...
 
 The working directory (this repository, minus what .gitignore lists) is uploaded with the
-job; the cluster's Python must have requirements.txt installed.
+job; the cluster's Python must have requirements.txt installed (requirements-gpu.txt on GPU nodes).
 """
 
 from __future__ import annotations

@@ -62,6 +62,9 @@ def test_ddp_matches_single_process(tmp_path, ray_local):
     c1, c2 = p1[p1.cycle == 1], p2[p2.cycle == 1]
     assert c1[["u", "v", "answer"]].reset_index(drop=True).equals(c2[["u", "v", "answer"]].reset_index(drop=True))
     assert s1["epoch_done"] == s2["epoch_done"] == 2
+    # Ray Train keeps the last two of the three epochs' checkpoints
+    kept = sorted(p.name for p in (tmp_path / "ray_train" / "train-ddp").glob("checkpoint_*") if p.is_dir())
+    assert len(kept) == 2, kept
     l1 = {m["step"]: m for m in s1["evals"]}
     l2 = {m["step"]: m for m in s2["evals"]}
     assert l1[0]["mAP"] == pytest.approx(l2[0]["mAP"], abs=1e-6)  # zero-shot evaluation

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 
 from sklearn.cluster import DBSCAN
 
@@ -15,7 +16,7 @@ from aas_ray.checks import InputError
 from aas_ray.cluster._radius_kernels import sweep_counts
 from aas_ray.cluster.finch import finch_levels
 from aas_ray.cluster.jaccard import JaccardGraph, jaccard_graph
-from aas_ray.cluster.knn import TARGET_RECALL, knn_search
+from aas_ray.cluster.knn import TARGET_RECALL, gpu_device, knn_search
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +137,11 @@ def choose_partition(num_clusters: list[int], partition: str | int, target: int)
     return min(level, len(num_clusters) - 1)
 
 
+def _use_device(device: int | None) -> None:
+    if device is not None and torch.cuda.is_available():
+        torch.cuda.set_device(device)
+
+
 @dataclass
 class ClusterViews:
     """One clustering of the embedding space (docs/method.md §1-2): the Jaccard graph, the
@@ -185,7 +191,9 @@ def build_views(
         radius = resolve_eps(graph, eps, min_samples)
         return graph, radius, dbscan_view(graph, radius, min_samples)
 
-    with ThreadPoolExecutor(2) as pool:
+    # A new thread starts on CUDA device 0: the pool's threads search on this thread's device.
+    device = gpu_device() if use_gpu is not False else None
+    with ThreadPoolExecutor(2, initializer=_use_device, initargs=(device,)) as pool:
         fa = pool.submit(view_a)
         fb = pool.submit(finch_partitions, x, first_non_self_neighbour(nb.idx), knn, knn_exact_up_to,
                          knn_recall) if need_b else None

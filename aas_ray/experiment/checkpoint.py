@@ -9,6 +9,7 @@ a run folder from elsewhere must never be able to run code (a pickled object cou
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,6 +17,12 @@ from pathlib import Path
 import torch
 
 from aas_ray.checks import InputError
+
+log = logging.getLogger(__name__)
+
+# Optimiser settings that say how a step is computed, not what it computes: a checkpoint
+# written on another device holds that device's (fused Adam on CUDA, not on a CPU).
+IMPLEMENTATION_KEYS = ("foreach", "fused", "capturable", "differentiable")
 
 
 @dataclass
@@ -63,3 +70,32 @@ def load_checkpoint(path: Path, device) -> dict:
         raise InputError(f"{path} holds more than tensors and plain values (or is damaged), so it is not "
                          f"loaded: a checkpoint that unpickles objects could run code ({type(err).__name__}: "
                          f"{str(err).splitlines()[0] if str(err) else ''})") from None
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """``optimizer.load_state_dict(state)``, keeping this optimiser's implementation settings and
+    each ``step`` counter where that implementation keeps it (on the parameter's device when
+    fused or capturable, else on the CPU): a run resumes on a GPU or a CPU, whichever it was
+    saved on."""
+    own = [{k: g[k] for k in IMPLEMENTATION_KEYS if k in g} for g in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, keep in zip(optimizer.param_groups, own):
+        group.update(keep)
+        on_device = bool(group.get("fused") or group.get("capturable"))
+        for p in group["params"]:
+            st = optimizer.state.get(p, {})
+            if torch.is_tensor(st.get("step")):
+                st["step"] = st["step"].to(dtype=torch.float32, device=p.device if on_device else "cpu")
+
+
+def restore_scaler(scaler: torch.amp.GradScaler, state: dict) -> None:
+    """The checkpoint's AMP loss scale, when both runs use one. A run saved without mixed
+    precision (on a CPU, or ``train.amp: false``) has none: resumed with AMP, the scale starts
+    at its initial value; a saved scale is ignored by a run without AMP."""
+    if not scaler.is_enabled():
+        return
+    if state:
+        scaler.load_state_dict(state)
+    else:
+        log.info("the checkpoint was written without mixed precision: the loss scale starts at %g",
+                 scaler.get_scale())

@@ -51,7 +51,8 @@ def dataset_features(cfg, data: PreparedData, progress: bool = True) -> np.ndarr
 
     def compute():
         return extract_features(build_model(cfg.model), data.cat, cfg.model.image_size, cfg.model.batch_size,
-                                cfg.model.workers, device, progress, desc=f"features {data.cat.name}")
+                                cfg.model.workers, device, progress, desc=f"features {data.cat.name}",
+                                amp=cfg.train.amp)
 
     return FeatureCache(cfg.data.cache_dir).get_or_compute(data.cat, cfg.model, compute)
 

@@ -18,6 +18,10 @@ class HybridMemory(nn.Module):
     and un-clustered instances alike), softmax over the labels present, NLL of the own label.
     The memory is a constant for the gradient; :meth:`update` applies SpCL's momentum update
     after the backward pass (in DDP with every worker's batch, so all copies stay equal).
+
+    A training step makes no host sync here: the number of labels and their sizes are read
+    once when the labels change (the labels buffer's version counter says when), and the
+    update's rounds come from the indices on the host.
     """
 
     def __init__(self, num_features: int, num_samples: int, temp: float = 0.05, momentum: float = 0.2):
@@ -25,14 +29,23 @@ class HybridMemory(nn.Module):
         self.temp, self.momentum = temp, momentum
         self.register_buffer("features", torch.zeros(num_samples, num_features))
         self.register_buffer("labels", torch.arange(num_samples))
+        self._sizes_of: tuple | None = None  # (labels tensor, its version, items per label)
+
+    def label_sizes(self) -> torch.Tensor:
+        """Items per label (0 for a label with none), recomputed only when the labels changed."""
+        labels = self.labels
+        seen = self._sizes_of
+        if seen is None or seen[0] is not labels or seen[1] != labels._version:
+            sizes = torch.bincount(labels, minlength=int(labels.max()) + 1)
+            self._sizes_of = seen = (labels, labels._version, sizes)
+        return seen[2]
 
     def forward(self, inputs: torch.Tensor, indexes: torch.Tensor) -> torch.Tensor:
         logits = inputs.float().mm(self.features.detach().t()) / self.temp
         labels = self.labels
-        k = int(labels.max()) + 1
-        sums = torch.zeros(k, logits.size(0), device=logits.device).index_add_(0, labels, logits.t().contiguous())
-        nums = torch.zeros(k, 1, device=logits.device).index_add_(
-            0, labels, torch.ones(labels.numel(), 1, device=logits.device))
+        nums = self.label_sizes().to(logits.dtype)[:, None]
+        sums = torch.zeros(nums.size(0), logits.size(0), device=logits.device).index_add_(
+            0, labels, logits.t().contiguous())
         present = (nums > 0).float()
         mean = (sums / (present * nums + (1 - present))).t()
         # Softmax restricted to labels in use; subtract the max for stability.
@@ -43,11 +56,46 @@ class HybridMemory(nn.Module):
 
     @torch.no_grad()
     def update(self, inputs: torch.Tensor, indexes: torch.Tensor) -> None:
-        """f_i <- normalise(m f_i + (1 - m) x_i), sample by sample in batch order, as SpCL."""
-        for x, y in zip(inputs.float(), indexes.tolist()):
-            f = self.features[y]
-            f.mul_(self.momentum).add_((1.0 - self.momentum) * x)
-            f.div_(f.norm().clamp_min(1e-12))
+        """f_i <- normalise(m f_i + (1 - m) x_i), sample by sample in batch order, as SpCL.
+
+        An index met several times in one batch is updated once per occurrence, in batch
+        order (PK batches repeat an image whose pseudo-class has fewer than K images, and every
+        un-clustered instance K times). The batch is applied in rounds, the r-th occurrence of
+        each index in round r: within a round the indices are distinct, so a round is one
+        gather and one ``index_copy_``, and the result equals the sample-by-sample loop's.
+        ``indexes`` on the host costs no sync (on the device it is copied to the host once).
+        """
+        host = indexes.cpu().numpy()
+        if not host.size:
+            return
+        rank = _occurrence(host)
+        idx = indexes.to(self.features.device, non_blocking=True)
+        x = inputs.float()
+        if rank.max() == 0:  # all distinct: one round
+            steps = [(None, idx)]
+        else:
+            order = np.argsort(rank, kind="stable")  # by round, batch order within a round
+            bounds = np.searchsorted(rank[order], np.arange(rank.max() + 2))
+            pos = torch.from_numpy(order).to(self.features.device, non_blocking=True)
+            steps = [(pos[a:b], idx[pos[a:b]]) for a, b in zip(bounds[:-1], bounds[1:])]
+        m = self.momentum
+        for pos, rows in steps:
+            xr = x if pos is None else x[pos]
+            f = self.features.index_select(0, rows).mul_(m).add_((1.0 - m) * xr)
+            f.div_(f.norm(dim=1, keepdim=True).clamp_min(1e-12))
+            self.features.index_copy_(0, rows, f)
+
+
+def _occurrence(indexes: np.ndarray) -> np.ndarray:
+    """For each position, how many times its value occurred before it (0 for a first occurrence)."""
+    order = np.argsort(indexes, kind="stable")
+    s = indexes[order]
+    start = np.r_[True, s[1:] != s[:-1]]
+    pos = np.arange(s.size)
+    run_start = np.maximum.accumulate(np.where(start, pos, 0))
+    out = np.empty(s.size, dtype=np.int64)
+    out[order] = pos - run_start
+    return out
 
 
 def with_instance_classes(labels: np.ndarray) -> np.ndarray:

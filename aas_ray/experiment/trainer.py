@@ -39,7 +39,8 @@ from aas_ray.data.images import CatalogueImages, PKSampler, to_tensor_batch, tra
 from aas_ray.eval import clustering_metrics
 from aas_ray.experiment.annotation import write_image_table
 from aas_ray.experiment.annotations import AnnotationJournal
-from aas_ray.experiment.checkpoint import RunState, load_checkpoint, save_checkpoint
+from aas_ray.experiment.checkpoint import (RunState, load_checkpoint, restore_optimizer, restore_scaler,
+                                          save_checkpoint)
 from aas_ray.experiment.cycle import SAMPLED, ALCycle, Pending
 from aas_ray.experiment.labels import label_diagnostics, refine, training_labels
 from aas_ray.experiment.pending import PersonInTheLoop
@@ -47,9 +48,13 @@ from aas_ray.experiment.prepare import Experiment, prepare_experiment, save_spli
 from aas_ray.experiment.spcl import HybridMemory
 from aas_ray.experiment.tracking import NullTracker, Tracker
 from aas_ray.experiment.zeroshot import evaluate_split
-from aas_ray.models import build_model, extract_features, resolve_device
+from aas_ray.models import build_model, extract_features, feature_loader, resolve_device
 
 log = logging.getLogger(__name__)
+
+# The summed loss is read (one host sync) every this many steps and at the end of an epoch: a
+# loss gone NaN or infinite stops the run within that many steps.
+LOSS_CHECK_EVERY = 50
 
 
 @dataclass
@@ -96,13 +101,20 @@ class SpCLTrainer:
         if n < 2:
             raise InputError("the training pool holds fewer than 2 images")
         self.eval_rows = np.union1d(self.exp.split.query, self.exp.split.gallery)
+        # Only queries and gallery exemplars are compared; the other images need no features.
+        self.eval_cat = self.exp.data.cat.subset(self.eval_rows)
+        self._loaders: dict[int, tuple] = {}
+        cuda = self.device.type == "cuda"
+        if cuda:
+            torch.backends.cudnn.benchmark = True  # fixed input sizes: the fastest kernels, chosen once
         self.model = build_model(cfg.model).to(self.device)
-        if self.device.type == "cuda" and cfg.train.channels_last:
+        if cuda and cfg.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.memory = HybridMemory(self.model.feat_dim, n, cfg.train.temp, cfg.train.momentum).to(self.device)
         self.memory.features.copy_(torch.from_numpy(self.exp.train_features))
         params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.Adam(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        # Fused Adam on CUDA takes the AMP scale on the device: GradScaler.step needs no host sync.
+        self.optimizer = torch.optim.Adam(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, fused=cuda)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, cfg.train.step_size, cfg.train.gamma)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda" and cfg.train.amp)
         self.rng = np.random.default_rng(cfg.seed)
@@ -137,11 +149,23 @@ class SpCLTrainer:
         return batches
 
     def update_memory(self, feats: torch.Tensor, idx: torch.Tensor) -> None:
+        """The memory update of a step; ``idx``: the batch's indices on the host."""
         self.memory.update(feats, idx)
 
     def extract(self, cat) -> np.ndarray:
+        """Features of ``cat`` (the evaluation images); its loader is kept for the next evaluation."""
         return extract_features(self.model, cat, self.cfg.model.image_size, self.cfg.model.batch_size,
-                                self.cfg.model.workers, self.device, self.progress, desc="eval features")
+                                self.cfg.model.workers, self.device, self.progress, desc="eval features",
+                                amp=self.scaler.is_enabled(), loader=self.loader_of(cat))
+
+    def loader_of(self, cat) -> torch.utils.data.DataLoader:
+        """The feature loader of ``cat``, made once per catalogue object (held here, so its id
+        stays its own)."""
+        if id(cat) not in self._loaders:
+            m = self.cfg.model
+            self._loaders[id(cat)] = (cat, feature_loader(cat, m.image_size, self.model.mean_std, m.batch_size,
+                                                          m.workers, self.device))
+        return self._loaders[id(cat)][1]
 
     def epoch_labels(self, epoch: int) -> EpochLabels | Pending:
         """This epoch's labels (DDP: computed once on rank 0, then broadcast)."""
@@ -177,9 +201,9 @@ class SpCLTrainer:
         ck = load_checkpoint(path, self.device)
         self.model.load_state_dict(ck["model"])
         self.memory.load_state_dict(ck["memory"])
-        self.optimizer.load_state_dict(ck["optimizer"])
+        restore_optimizer(self.optimizer, ck["optimizer"])
         self.scheduler.load_state_dict(ck["scheduler"])
-        self.scaler.load_state_dict(ck["scaler"])
+        restore_scaler(self.scaler, ck["scaler"])
         self.rng.bit_generator.state = ck["rng"]
         self.oracle.rng.bit_generator.state = ck["oracle_rng"]
         torch.set_rng_state(ck["torch_rng"].cpu())
@@ -267,28 +291,38 @@ class SpCLTrainer:
         loader = DataLoader(ds, batch_sampler=self.my_batches(batches), num_workers=cfg.workers,
                             collate_fn=to_tensor_batch, pin_memory=self.device.type == "cuda")
         self.train_module.train()
-        losses, seen, t0 = [], 0, time.perf_counter()
+        # The loss is summed on the device and read every LOSS_CHECK_EVERY steps: no host sync a step.
+        total = torch.zeros((), device=self.device)
+        steps, seen, t0 = 0, 0, time.perf_counter()
         for imgs, idx in tqdm(loader, desc=f"epoch {epoch}", disable=not self.progress, leave=False):
             imgs = imgs.to(self.device, non_blocking=True)
             if self.device.type == "cuda" and cfg.channels_last:
                 imgs = imgs.to(memory_format=torch.channels_last)
             with torch.autocast(device_type=self.device.type, enabled=self.scaler.is_enabled()):
                 f = self.train_module(imgs)
-            idx = idx.to(self.device)
-            loss = self.memory(f.float(), idx)
+            loss = self.memory(f.float(), idx.to(self.device, non_blocking=True))
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.update_memory(f.detach(), idx)
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            if not math.isfinite(loss.item()):
-                raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch}; lower train.lr")
-            losses.append(loss.item())
+            total += loss.detach()
+            steps += 1
             seen += imgs.size(0)
+            if steps % LOSS_CHECK_EVERY == 0:
+                self._finite_loss(total, steps, epoch)
+        mean = self._finite_loss(total, steps, epoch) / max(steps, 1)
         dt = time.perf_counter() - t0
         self.scheduler.step()
-        return {"train/loss": float(np.mean(losses)), "train/images_per_s": seen / dt,
-                "train/lr": self.optimizer.param_groups[0]["lr"]}
+        return {"train/loss": mean, "train/images_per_s": seen / dt, "train/lr": self.optimizer.param_groups[0]["lr"]}
+
+    @staticmethod
+    def _finite_loss(total: torch.Tensor, steps: int, epoch: int) -> float:
+        value = total.item()
+        if not math.isfinite(value):
+            raise FloatingPointError(f"loss became {value} within the {LOSS_CHECK_EVERY} steps up to step {steps} "
+                                     f"of epoch {epoch}; lower train.lr")
+        return value
 
     def evaluate(self, step: int) -> dict:
         if step == 0 and (self.cfg.model.weights or self.cfg.model.pretrained):
@@ -296,8 +330,7 @@ class SpCLTrainer:
             # came from: its evaluation needs no new pass over the images.
             feats = self.exp.features
         else:
-            # Only queries and gallery exemplars are compared; the other images need no features.
-            part = self.extract(self.exp.data.cat.subset(self.eval_rows))
+            part = self.extract(self.eval_cat)
             feats = np.zeros((len(self.exp.data.cat), part.shape[1]), dtype=np.float32)
             feats[self.eval_rows] = part
         m = evaluate_split(feats, self.exp.data.identities, self.exp.split)

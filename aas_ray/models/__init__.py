@@ -1,6 +1,8 @@
 """Backbones and feature extraction: timm models, offline weights, the feature cache."""
 
-from aas_ray.models.backbone import ModelError, ReIDNet, build_model, resolve_device
-from aas_ray.models.features import FeatureCache, extract_features
+from aas_ray.models.backbone import ModelError, ReIDNet, build_model
+from aas_ray.models.devices import resolve_device
+from aas_ray.models.features import FeatureCache, extract_features, feature_loader
 
-__all__ = ["FeatureCache", "ModelError", "ReIDNet", "build_model", "extract_features", "resolve_device"]
+__all__ = ["FeatureCache", "ModelError", "ReIDNet", "build_model", "extract_features", "feature_loader",
+           "resolve_device"]

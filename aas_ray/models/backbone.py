@@ -140,12 +140,3 @@ def build_model(model_cfg) -> ReIDNet:
     cfg = backbone.pretrained_cfg or {}
     mean_std = (tuple(cfg.get("mean", (0.485, 0.456, 0.406))), tuple(cfg.get("std", (0.229, 0.224, 0.225))))
     return ReIDNet(backbone, mean_std)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ModelError(f"device {name!r} requested but CUDA is not available")
-    return dev

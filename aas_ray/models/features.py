@@ -21,26 +21,37 @@ from aas_ray.models.backbone import ReIDNet, weights_id
 log = logging.getLogger(__name__)
 
 
+def feature_loader(cat: Catalogue, image_size, mean_std, batch_size: int = 64, workers: int = 0,
+                   device: torch.device | str = "cpu") -> DataLoader:
+    """The test-transform batches of ``cat`` in catalogue order. On CUDA the batches are pinned
+    for asynchronous copies and the workers persist, so a loader kept by its caller (the
+    trainer's evaluation images) does not start its workers again at every evaluation."""
+    cuda = torch.device(device).type == "cuda"
+    ds = CatalogueImages(cat, test_transform(tuple(image_size), mean_std), tuple(image_size))
+    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=to_tensor_batch,
+                      pin_memory=cuda, persistent_workers=cuda and workers > 0)
+
+
 @torch.no_grad()
 def extract_features(
     model: ReIDNet, cat: Catalogue, image_size, batch_size: int = 64, workers: int = 0,
-    device: torch.device | str = "cpu", progress: bool = True, desc: str = "features",
+    device: torch.device | str = "cpu", progress: bool = True, desc: str = "features", amp: bool = False,
+    loader: DataLoader | None = None,
 ) -> np.ndarray:
-    """L2-normalised embeddings of every catalogue image, in catalogue order."""
+    """L2-normalised embeddings of every catalogue image, in catalogue order; mixed precision
+    on CUDA when ``amp`` (``train.amp``). ``loader``: a :func:`feature_loader` of ``cat`` to reuse."""
     device = torch.device(device)
-    ds = CatalogueImages(cat, test_transform(tuple(image_size), model.mean_std), tuple(image_size))
-    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
-                        collate_fn=to_tensor_batch, persistent_workers=False)
+    loader = loader or feature_loader(cat, image_size, model.mean_std, batch_size, workers, device)
     was_training = model.training
     model.eval().to(device)
-    out = np.empty((len(ds), model.feat_dim), dtype=np.float32)
-    use_amp = device.type == "cuda"
+    out = torch.empty((len(cat), model.feat_dim), dtype=torch.float32)
+    use_amp = amp and device.type == "cuda"
     for imgs, idx in tqdm(loader, desc=desc, disable=not progress, leave=False):
         with torch.autocast(device_type=device.type, enabled=use_amp):
             f = model(imgs.to(device, non_blocking=True))
-        out[idx.numpy()] = f.float().cpu().numpy()
+        out[idx] = f.float().cpu()
     model.train(was_training)
-    return out
+    return out.numpy()
 
 
 class FeatureCache:

@@ -1,12 +1,17 @@
-"""Ray Train: the SpCL trainer under DDP across N workers (GPUs when present, gloo on CPU).
+"""Ray Train: the SpCL trainer under DDP across N workers (a GPU each when the Ray cluster
+has GPUs, NCCL; else gloo on CPUs).
 
 It wraps :class:`SpCLTrainer` and changes only what distribution changes: each worker
 trains on its slice of every global PK batch (DDP averages the gradients); the hybrid
 memory is updated with every worker's batch, gathered in rank order, so all copies stay
 identical; feature extraction is split across workers and gathered; clustering and pair
-mining run once per epoch on rank 0 (which alone writes the annotation journal) and the
-labels are broadcast; checkpoints go through ``ray.train.report`` and a ``FailureConfig``
+mining run once per epoch on rank 0 (which alone writes the annotation journal; it uses its
+own CPUs and GPU, while the other ranks wait for its labels) and the labels are broadcast;
+checkpoints go through ``ray.train.report`` (the last two are kept) and a ``FailureConfig``
 restarts killed workers from the last one, with their constraints.
+
+Each worker reserves a GPU (when used) and an equal share of its node's CPUs, and sizes its
+thread pools to that share; the check that the workers fit the cluster comes first.
 """
 
 from __future__ import annotations
@@ -17,10 +22,11 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import ray
 import ray.train
 import torch
 import torch.distributed as dist
-from ray.train import Checkpoint, FailureConfig, RunConfig, ScalingConfig
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer, prepare_model
 
 from aas_ray.checks import InputError
@@ -29,10 +35,14 @@ from aas_ray.experiment.checkpoint import RunState
 from aas_ray.experiment.trainer import SpCLTrainer
 from aas_ray.experiment.tracking import NullTracker
 from aas_ray.models import extract_features
+from aas_ray.orchestration.resources import plan_ddp, use_threads
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FILES = ("checkpoint.pt", "state.json", "annotations.jsonl", "pairs.csv")
+# Ray Train's copies of the run folder's checkpoint: the last and the one before (a restart
+# needs only the last; about 0.4 GB each for ResNet-50)
+CHECKPOINTS_KEPT = 2
 
 
 class DistributedSpCLTrainer(SpCLTrainer):
@@ -41,6 +51,7 @@ class DistributedSpCLTrainer(SpCLTrainer):
             raise InputError(f"train.batch_size ({cfg.train.batch_size}) must be a multiple of num_instances x "
                              f"workers ({cfg.train.num_instances} x {world})")
         self.rank, self.world = rank, world
+        self._shares: dict[int, tuple] = {}  # this rank's part of each catalogue it extracts
         super().__init__(cfg, run_dir, tracker if rank == 0 else NullTracker(), progress=False,
                          device=ray.train.torch.get_device())
 
@@ -54,6 +65,7 @@ class DistributedSpCLTrainer(SpCLTrainer):
     def my_batches(self, batches):
         """The same global PK batches on every worker; each trains on its slice of each batch."""
         per = self.cfg.train.batch_size // self.world
+        self._global_batches = iter(batches)
         return [b[self.rank * per:(self.rank + 1) * per] for b in batches]
 
     def _gather(self, t: torch.Tensor) -> torch.Tensor:
@@ -62,14 +74,24 @@ class DistributedSpCLTrainer(SpCLTrainer):
         return torch.cat(parts)
 
     def update_memory(self, feats, idx) -> None:
-        self.memory.update(self._gather(feats.float()), self._gather(idx))
+        """Every worker's features, gathered in rank order, with this step's global batch: the
+        ranks' slices in rank order are that batch, known here on the host, so the update
+        needs no gather of the indices and no host sync."""
+        batch = torch.tensor(next(self._global_batches))
+        per = batch.numel() // self.world
+        if not torch.equal(idx, batch[self.rank * per:(self.rank + 1) * per]):
+            raise RuntimeError(f"rank {self.rank}: the loader's batch is not this rank's slice of the global batch")
+        self.memory.update(self._gather(feats.float()), batch)
 
     def extract(self, cat) -> np.ndarray:
         n = len(cat)
         per = -(-n // self.world)
-        mine = np.arange(self.rank * per, min((self.rank + 1) * per, n))
-        local = extract_features(self.model, cat.subset(mine), self.cfg.model.image_size, self.cfg.model.batch_size,
-                                 self.cfg.model.workers, self.device, False)
+        if id(cat) not in self._shares:
+            self._shares[id(cat)] = (cat, cat.subset(np.arange(self.rank * per, min((self.rank + 1) * per, n))))
+        mine = self._shares[id(cat)][1]
+        local = extract_features(self.model, mine, self.cfg.model.image_size, self.cfg.model.batch_size,
+                                 self.cfg.model.workers, self.device, False, amp=self.scaler.is_enabled(),
+                                 loader=self.loader_of(mine))
         buf = torch.zeros(per, local.shape[1], device=self.device)
         buf[: len(mine)] = torch.from_numpy(local).to(self.device)
         return self._gather(buf).cpu().numpy()[:n]
@@ -117,6 +139,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    use_threads(config["threads"])
     cfg = Config.model_validate_json(config["cfg"])
     run_dir = Path(config["run_dir"])
     if ctx.get_local_rank() == 0:
@@ -128,27 +151,33 @@ def train_loop_per_worker(config: dict) -> None:
     tracker = MlflowTracker(config["uri"], config["run_id"]) if rank == 0 and config.get("uri") else None
     trainer = DistributedSpCLTrainer(cfg, run_dir, tracker, rank, world)
     trainer.state.tracking_run_id = config.get("run_id")
-    if rank == 0:
-        # Clustering and pair mining run in the dataset's actor (FAISS on its GPU, if any),
-        # not in the training worker.
-        from aas_ray.orchestration.actors import ActorClusterer, ClusteringActor
-
-        actor = ClusteringActor.options(num_cpus=0).remote(cfg.data.name)
-        trainer.clusterer = ActorClusterer(actor)
     trainer.run()
+
+
+def check_workers(num_workers: int, use_gpu: bool | None = None) -> tuple[bool, int]:
+    """``(use_gpu, CPUs per worker)`` of ``num_workers`` on the Ray cluster (``RAY_ADDRESS``, or
+    a local one started now); workers the cluster cannot place are an :class:`InputError`."""
+    if not ray.is_initialized():
+        ray.init()
+    return plan_ddp(num_workers, [n["Resources"] for n in ray.nodes() if n["Alive"]], use_gpu)
 
 
 def train_distributed(cfg: Config, run_dir: Path, num_workers: int, uri: str | None = None, run_id: str | None = None,
                       max_failures: int = 2, use_gpu: bool | None = None):
-    """Run the trainer on ``num_workers`` Ray Train workers; returns Ray's Result."""
-    if use_gpu is None:
-        use_gpu = torch.cuda.is_available()
+    """Run the trainer on ``num_workers`` Ray Train workers; returns Ray's Result.
+
+    ``use_gpu`` None: GPUs when the Ray cluster has any. More workers than the cluster can
+    place (a GPU each, with GPUs) is an :class:`InputError` before anything starts."""
+    use_gpu, cpus = check_workers(num_workers, use_gpu)
+    log.info("DDP: %d workers, each with %s%d CPU(s)", num_workers, "a GPU and " if use_gpu else "", cpus)
     run_dir = Path(run_dir).resolve()
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"cfg": cfg.model_dump_json(), "run_dir": str(run_dir), "uri": uri, "run_id": run_id},
-        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
+        train_loop_config={"cfg": cfg.model_dump_json(), "run_dir": str(run_dir), "uri": uri, "run_id": run_id,
+                           "threads": cpus},
+        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus}),
         run_config=RunConfig(name=f"train-{run_dir.name}", storage_path=str(run_dir.parent / "ray_train"),
-                             failure_config=FailureConfig(max_failures=max_failures)),
+                             failure_config=FailureConfig(max_failures=max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT)),
     )
     return trainer.fit()

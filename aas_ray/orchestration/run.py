@@ -11,6 +11,7 @@ may write to it.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -19,12 +20,13 @@ import pandas as pd
 from aas_ray.checks import InputError
 from aas_ray.config import Config, build_config, dump_config, load_config
 from aas_ray.experiment.checkpoint import RunState
-from aas_ray.experiment.prepare import Experiment, prepare_experiment
+from aas_ray.experiment.prepare import Experiment, prepare_data, prepare_experiment
 from aas_ray.experiment.pending import awaiting_message
 from aas_ray.experiment.trainer import RunOutcome, SpCLTrainer
 from aas_ray.eval.paired import mean_interval
 from aas_ray.orchestration.compare import BOUNDS, bounds_in_store, config_key, format_paired, gap_closed, paired_table
 from aas_ray.orchestration.plots import map_vs_budget
+from aas_ray.orchestration.resources import child_gpus, use_threads, visible_gpus
 from aas_ray.orchestration.runlock import RunLock
 from aas_ray.orchestration.tracking import MlflowTracker, check_tracking_uri, resolve_tracking_uri
 
@@ -184,17 +186,15 @@ def check_parallel(args, cfg: Config, n_strategies: int) -> int:
     return min(n, n_strategies)
 
 
-def _child_setup(threads: int) -> None:
+def _child_setup(threads: int, gpus) -> None:
     # Each process gets its share of the cores: two strategies at one thread each go faster
-    # than one after the other at two threads, and neither steals the other's cores.
-    import faiss
-    import numba
-    import torch
-
+    # than one after the other at two threads, and neither steals the other's cores. It takes
+    # its GPU (if any) before anything touches CUDA: device auto is then that GPU alone.
+    gpu = gpus.get()
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     logging.basicConfig(level=logging.INFO)  # its format is set per strategy in _train_prepared
-    torch.set_num_threads(threads)
-    faiss.omp_set_num_threads(threads)
-    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    use_threads(threads)
 
 
 def _train_prepared(cfg: Config, uri: str, run_dir: str) -> tuple[str, RunOutcome]:
@@ -207,16 +207,21 @@ def _train_prepared(cfg: Config, uri: str, run_dir: str) -> tuple[str, RunOutcom
 def train_side_by_side(configs: list[Config], uri: str, parallel: int) -> list[tuple[str, RunOutcome]]:
     """The strategies in ``parallel`` processes at a time; results in the order of ``configs``.
     The MLflow runs and folders are made here first, so every run exists (and can be resumed
-    with ``--resume``) even before its process starts."""
+    with ``--resume``) even before its process starts. The processes share the visible GPUs
+    round-robin, each seeing one."""
     import multiprocessing
-    import os
     from concurrent.futures import ProcessPoolExecutor
 
     run_dirs = [str(start_run(one, uri)[1]) for one in configs]
     threads = max(1, (os.cpu_count() or 1) // parallel)
-    log.info("training %d strategies, %d at a time, %d thread(s) each", len(configs), parallel, threads)
-    with ProcessPoolExecutor(parallel, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_child_setup, initargs=(threads,)) as pool:
+    gpus = child_gpus(visible_gpus(), parallel)
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.SimpleQueue()  # one GPU for each process the pool starts
+    for gpu in gpus:
+        queue.put(gpu)
+    log.info("training %d strategies, %d at a time, %d thread(s) each%s", len(configs), parallel, threads,
+             f", on GPUs {gpus}" if gpus[0] is not None else "")
+    with ProcessPoolExecutor(parallel, mp_context=ctx, initializer=_child_setup, initargs=(threads, queue)) as pool:
         futures = [pool.submit(_train_prepared, one, uri, d) for one, d in zip(configs, run_dirs)]
         return [f.result() for f in futures]
 
@@ -224,6 +229,10 @@ def train_side_by_side(configs: list[Config], uri: str, parallel: int) -> list[t
 def run_cli(args, cfg: Config, strategies: list[str]) -> int:
     uri = resolve_tracking_uri(args.tracking_uri, cfg.tracking.tracking_uri)
     check_tracking_uri(uri)
+    if args.workers:
+        from aas_ray.orchestration.ddp import check_workers
+
+        check_workers(args.workers)  # more workers than the Ray cluster holds: an error before any run exists
     if args.resume:
         run_dir = find_run_dir(args.resume, cfg.output_dir)
         cfg = load_config(run_dir / "config.yaml")
@@ -238,8 +247,15 @@ def run_cli(args, cfg: Config, strategies: list[str]) -> int:
     mark_interrupted(Path(cfg.output_dir), uri)
     experiments = {}
     for seed in seeds:  # every seed's data and split before any training (fails fast, fills the caches)
-        one = prepare_experiment(seeded(cfg, seed))
-        experiments[seed] = one if args.workers == 0 and parallel == 1 else None
+        one = seeded(cfg, seed)
+        if args.workers:
+            # Fail fast on the data before any run starts; the workers compute the features on their
+            # own devices (this machine may have no GPU: a CPU-only head of a GPU cluster).
+            prepare_data(one)
+            experiments[seed] = None
+        else:
+            prepared = prepare_experiment(one)  # every process reuses the feature cache
+            experiments[seed] = prepared if parallel == 1 else None
     if parallel > 1:
         results = train_side_by_side(configs, uri, parallel)
     else:

@@ -21,6 +21,7 @@ from aas_ray.orchestration.compare import (
     paired_table,
     with_gap_closed,
 )
+from aas_ray.orchestration.resources import study_resources, use_ray_gpus
 from aas_ray.orchestration.study import StudyConfig, load_study, trial_config
 from aas_ray.orchestration.tracking import MlflowTracker, check_tracking_uri, resolve_tracking_uri
 
@@ -58,6 +59,7 @@ def _numeric(row: dict) -> dict:
 
 def run_trial(params: dict, ctx: dict) -> None:
     """One trial: a simulation on the dataset's actor, or a full training run."""
+    use_ray_gpus()  # the trial's GPU share, or no GPU at all
     study = StudyConfig.model_validate(ctx["study"])
     cfg = trial_config(ctx["base_raw"], params, study)
     strategy = cfg.al.strategy
@@ -216,17 +218,19 @@ def tune_cli(args) -> int:
     loaded = {ds: _load_dataset(trial_config(base_raw, {"data.name": ds}, study)) for ds in study.datasets}
     if not ray.is_initialized():
         ray.init(address=args.address or os.environ.get("RAY_ADDRESS"), log_to_driver=False)
+    trial_resources, actor_gpus = study_resources(study)
     parent = MlflowTracker.create(uri, base_cfg.tracking.experiment, f"study-{study.study}",
                                   {"study": study.study, "kind": study.kind, "datasets": ",".join(study.datasets)})
     parent.log_params({f"study.{k}": v for k, v in study.model_dump(mode="json").items()})
     actors = []
     try:
         if study.kind == "simulate":
-            actors = [create_actor(study.study, ds, x, y) for ds, (x, y) in loaded.items()]
+            actors = [create_actor(study.study, ds, x, y, actor_gpus, int(study.resources_per_trial.cpu))
+                      for ds, (x, y) in loaded.items()]
             log.info("clustering actors: %s", ray.get([a.info.remote() for a in actors]))
         param_space = {"data.name": tune.grid_search(study.datasets), **{k: _space(s) for k, s in study.search.items()}}
         ctx = {"study": study.model_dump(mode="json"), "base_raw": base_raw, "uri": uri, "parent": parent.run_id}
-        trainable = tune.with_resources(partial(run_trial, ctx=ctx), study.resources_per_trial.model_dump())
+        trainable = tune.with_resources(partial(run_trial, ctx=ctx), trial_resources)
         storage = Path(base_cfg.output_dir) / "tune"
         tuner = tune.Tuner(
             trainable,
