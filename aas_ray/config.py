@@ -74,6 +74,11 @@ class ClusterConfig(_Strict):
         "(SpCL and the paper: 0.6)")
     eps_gap: float = Field(0.02, ge=0.0, description="self-paced criterion: DBSCAN at eps ± gap")
     min_samples: int = Field(4, ge=1)
+    view_a: Literal["dbscan", "hdbscan"] = Field(
+        "dbscan", description="view A's clustering of d_J: DBSCAN at cluster.eps (SpCL, the paper), or HDBSCAN "
+        "(no radius; groups of every density, docs/method.md §2)")
+    hdbscan_min_cluster_size: int = Field(2, ge=2, description="view_a: hdbscan: fewest images in a cluster")
+    hdbscan_min_samples: int = Field(2, ge=1, description="view_a: hdbscan: neighbours (self included) of a core image")
     finch_partition: Literal["auto"] | int = Field(
         0, description="FINCH level of view B: 0 = finest; 'auto' = the level whose cluster count is closest "
         "to view A's")

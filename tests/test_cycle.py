@@ -120,7 +120,10 @@ def test_explain_names_the_cause_and_the_setting():
     fixed = " ".join(explain(fake_views([0] * 90 + [1] * 10), {"regions": 2}, 20, cfg_with("cluster.eps=0.6")))
     assert "SpCL's eps 0.6 was set for person re-ID" in fixed and "try cluster.eps: auto" in fixed
     assert "single region of uncertainty holds 100 images" in text and "finch_partition: 0" in text
-    assert "15 pairs of budget stay unused" in text
+    assert "15 pairs of budget stay unspent" in text and "U_os 0 and U_us 5 pairs" in text
+    # any strategy whose pool runs dry says so, in its own words
+    dry = " ".join(explain(fake_views(list(range(50)) * 2), {"pool_open": 3}, 10, cfg_with("al.strategy=nearest")))
+    assert "7 pairs of budget stay unspent (nearest has no further pair to ask)" in dry
     noise = explain(fake_views([-1] * 95 + [0] * 5), {"regions": 3, "U_os": 0, "U_us": 4, "pool_open": 4}, 4, cfg)
     text = " ".join(noise)
     assert "95% of the images as noise" in text
@@ -142,6 +145,8 @@ def test_cosine_similarity_path_gives_over_segmentation_pairs():
                   np.random.default_rng(0), SimulatedOracle(y))
     r_jac, r_cos = jac.run(1, x, views).row, cos.run(1, x, views).row
     assert r_cos["regions"] == r_jac["regions"] > 2
+    for r in (r_jac, r_cos):  # what the budget allowed, what stayed unspent, and the pool it came from
+        assert r["budget"] == 500 and r["unspent"] == 500 - r["pairs_asked"] and r["pool_open"] >= r["pairs_asked"]
     assert r_cos["U_os"] >= 10 * max(r_jac["U_os"], 1)
     sim = pair_similarity("cosine", views, x)
     pairs = np.array([[0, 1], [2, 3]])

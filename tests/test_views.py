@@ -189,3 +189,54 @@ def test_approximate_views_and_regions_equal_the_exact_ones(method):
     assert adjusted_rand_score(exact.labels_b, approx.labels_b) >= 0.99
     assert adjusted_rand_score(rx, ra) >= 0.99
     assert abs(np.unique(rx[rx >= 0]).size - np.unique(ra[ra >= 0]).size) <= 1
+
+
+def test_hdbscan_view_equals_hdbscan_with_every_distance_stored():
+    """The sparse completion stores only exact d_J values (absent pairs are at 1), and just enough
+    of the ones for HDBSCAN: it gives the labels HDBSCAN gives with all n x n distances stored."""
+    import scipy.sparse as sp
+    from scipy.sparse import csgraph
+    from sklearn.metrics import adjusted_rand_score
+    from sklearn.cluster import HDBSCAN
+
+    from aas_ray.cluster.views import complete_distance, hdbscan_view
+
+    x, _ = mixture(240, 16, 30, spread=0.8, seed=4)
+    g = jaccard_graph(x, 12, 3, min_sim=0.01)
+    d = complete_distance(g, 3)
+    dense = np.ones((240, 240))  # pairs whose supports do not overlap: d_J = 1
+    src = g.distance().tocoo()
+    dense[src.row, src.col] = src.data
+    np.fill_diagonal(dense, 0.0)
+    # every stored value of the completion is d_J itself (a zero made the smallest positive float)
+    got = d.tocoo()
+    np.testing.assert_allclose(got.data, np.maximum(dense[got.row, got.col], np.finfo(np.float32).tiny), atol=1e-6)
+    assert csgraph.connected_components(d, directed=False)[0] == 1
+    assert (np.diff(d.indptr) >= 3).all()
+    for mcs, ms in ((2, 2), (3, 3)):
+        every = sp.csr_matrix(np.maximum(dense, np.finfo(np.float32).tiny))
+        want = HDBSCAN(min_cluster_size=mcs, min_samples=ms, metric="precomputed", copy=True).fit_predict(every)
+        labels = hdbscan_view(g, mcs, ms)
+        np.testing.assert_array_equal(labels < 0, want < 0)
+        keep = want >= 0  # the same partition of the clustered images
+        assert adjusted_rand_score(labels[keep], want[keep]) == pytest.approx(1.0)
+    with pytest.raises(InputError, match="min_cluster_size >= 2"):
+        hdbscan_view(g, 1, 2)
+
+
+def test_hdbscan_view_does_not_merge_tight_groups_that_one_radius_merges():
+    # Tight groups of 2-6 images beside loose ones: the radius with the most DBSCAN clusters
+    # stretches to the loose groups and merges tight neighbours; HDBSCAN's clusters stay purer.
+    rng = np.random.default_rng(7)
+    centres = rng.normal(size=(60, 24))
+    sizes = rng.integers(2, 7, 60)
+    spread = np.where(np.arange(60) < 30, 0.25, 0.6)
+    y = np.repeat(np.arange(60), sizes)
+    x = centres[y] + spread[y, None] * rng.normal(size=(y.size, 24))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    a = build_views(x, k1=10, k2=3, eps="auto", need_b=False)
+    h = build_views(x, k1=10, k2=3, eps="auto", view_a="hdbscan", need_b=False)
+    qa, qh = clustering_metrics(a.labels_a, y), clustering_metrics(h.labels_a, y)
+    assert qh["pair_precision"] > qa["pair_precision"] + 0.1
+    assert np.bincount(h.labels_a[h.labels_a >= 0]).max() < np.bincount(a.labels_a[a.labels_a >= 0]).max()
+    assert h.eps == a.eps and h.tight is None  # the radius is still resolved; no radius-based reliability views

@@ -1,4 +1,5 @@
-"""The two clustering views (docs/method.md §1-2): A = DBSCAN on d_J, B = FINCH on cosine distance."""
+"""The two clustering views (docs/method.md §1-2): A = DBSCAN (or HDBSCAN) on d_J, B = FINCH on
+cosine distance."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 import torch
-
-from sklearn.cluster import DBSCAN
+from scipy.sparse import csgraph
+from sklearn.cluster import DBSCAN, HDBSCAN
 
 from aas_ray.checks import InputError
 from aas_ray.cluster._radius_kernels import sweep_counts
@@ -48,6 +49,59 @@ def dbscan_view(graph: JaccardGraph, eps: float = 0.6, min_samples: int = 4) -> 
     if not 0.0 < eps < 1.0:
         raise InputError(f"DBSCAN eps must be in (0, 1) for a Jaccard distance; got {eps}")
     return _dbscan(_eps_graph(graph, eps), eps, min_samples)
+
+
+def complete_distance(graph: JaccardGraph, min_neighbours: int) -> sp.csr_matrix:
+    """``d_J`` as a sparse matrix HDBSCAN can take, with nothing changed but its storage.
+
+    Every pair absent from the Jaccard graph has ``d_J = 1`` exactly (its supports do not
+    overlap). HDBSCAN's sparse path needs each row to hold at least ``min_neighbours``
+    distances and the graph to be connected; both are met by storing some of those exact
+    ones: each image's nearest neighbours (from the kNN the graph was built from) and a chain
+    through one image of each connected component. Stored zeros (identical supports) become
+    the smallest positive float, so that no distance reads as a missing edge.
+    """
+    d = graph.distance()
+    n = d.shape[0]
+    k = min(max(min_neighbours, 1), graph.knn_idx.shape[1] - 1)
+    rows = [np.repeat(np.arange(n), k)]
+    cols = [graph.knn_idx[:, 1:k + 1].ravel()]
+    n_comp, comp = csgraph.connected_components(d, directed=False)
+    if n_comp > 1:
+        first = np.unique(comp, return_index=True)[1]
+        rows.append(first[:-1])
+        cols.append(first[1:])
+    r, c = np.concatenate(rows), np.concatenate(cols)
+    ones = sp.csr_matrix((np.ones(r.size, np.float32), (r, c)), shape=d.shape)
+    ones = ones.maximum(ones.T)
+    stored = d.copy()
+    stored.data = np.ones_like(stored.data)
+    missing = ones - ones.multiply(stored)  # exact ones only where d_J holds no entry
+    missing.eliminate_zeros()
+    d.data = np.maximum(d.data, np.finfo(np.float32).tiny)
+    out = (d + missing).tocsr()
+    out.sort_indices()
+    return out
+
+
+def hdbscan_view(graph: JaccardGraph, min_cluster_size: int = 2, min_samples: int = 2) -> np.ndarray:
+    """View A by HDBSCAN on the same sparse ``d_J`` (docs/method.md §2, [ours]); -1 = noise.
+
+    DBSCAN needs one radius for the whole dataset; animals photographed 2 to 10 times each
+    form groups of many densities, and one radius that keeps the loose ones together merges
+    the tight ones (over-merged starting labels). HDBSCAN keeps, at every density, the groups
+    that persist, and needs no radius: ``min_cluster_size = 2`` lets two photos of an animal
+    be a cluster.
+    """
+    if min_cluster_size < 2 or min_samples < 1:
+        raise InputError(f"HDBSCAN needs min_cluster_size >= 2 and min_samples >= 1; got {min_cluster_size}, "
+                         f"{min_samples}")
+    if graph.n < 3:
+        return np.full(graph.n, -1, dtype=np.int64)
+    d = complete_distance(graph, min_samples)
+    model = HDBSCAN(min_cluster_size=min_cluster_size, min_samples=min_samples, metric="precomputed",
+                    metric_params={"max_distance": 1.0}, copy=False)
+    return model.fit_predict(d).astype(np.int64)
 
 
 # Coarse radii ``auto_eps`` compares, then refined in steps of 0.01 around the best.
@@ -172,6 +226,9 @@ def build_views(
     knn_exact_up_to: int = 20_000,
     knn_recall: float = TARGET_RECALL,
     eps_gap: float = 0.02,
+    view_a: str = "dbscan",
+    hdbscan_min_cluster_size: int = 2,
+    hdbscan_min_samples: int = 2,
     self_paced: bool = False,
     need_b: bool = True,
     use_gpu: bool | None = None,
@@ -182,24 +239,30 @@ def build_views(
     (view A) are built concurrently with FINCH's hierarchy (both release the GIL in their
     heavy parts), whose level is then chosen against A's cluster count. ``self_paced`` also
     builds SpCL's views at eps ∓ ``eps_gap`` (docs/method.md §10); ``need_b=False`` skips
-    FINCH (epochs without an AL cycle need only view A).
+    FINCH (epochs without an AL cycle need only view A). ``view_a="hdbscan"`` clusters view A
+    with :func:`hdbscan_view` instead of DBSCAN; the radius is still resolved (pair samplers
+    and diagnostics read it), and SpCL's radius-based reliability views are not built.
     """
+    if view_a not in ("dbscan", "hdbscan"):
+        raise InputError(f"view_a must be 'dbscan' or 'hdbscan'; got {view_a!r}")
     nb = knn_search(x, k1, use_gpu=use_gpu, method=knn, exact_up_to=knn_exact_up_to, target_recall=knn_recall)
 
-    def view_a():
+    def build_a():
         graph = jaccard_graph(x, k1, k2, use_gpu=use_gpu, knn=nb, min_sim=jaccard_min_sim)
         radius = resolve_eps(graph, eps, min_samples)
+        if view_a == "hdbscan":
+            return graph, radius, hdbscan_view(graph, hdbscan_min_cluster_size, hdbscan_min_samples)
         return graph, radius, dbscan_view(graph, radius, min_samples)
 
     # A new thread starts on CUDA device 0: the pool's threads search on this thread's device.
     device = gpu_device() if use_gpu is not False else None
     with ThreadPoolExecutor(2, initializer=_use_device, initargs=(device,)) as pool:
-        fa = pool.submit(view_a)
+        fa = pool.submit(build_a)
         fb = pool.submit(finch_partitions, x, first_non_self_neighbour(nb.idx), knn, knn_exact_up_to,
                          knn_recall) if need_b else None
         graph, radius, a = fa.result()
         views = ClusterViews(graph, radius, a, knn_method=nb.method, knn_recall=nb.recall)
-        if self_paced:
+        if self_paced and view_a == "dbscan":
             views.tight = dbscan_view(graph, max(radius - eps_gap, 1e-3), min_samples)
             views.loose = dbscan_view(graph, min(radius + eps_gap, 0.999), min_samples)
         if fb is not None:

@@ -116,11 +116,26 @@ def explain(views: ClusterViews, stats: dict, budget: int, cfg) -> list[str]:
     if budget == 0:
         notes.append("no budget left for this cycle (al.budget_per: run, and earlier cycles spent it)"
                      if cfg.al.budget_per == "run" else "this cycle's budget is 0 pairs")
-    elif cfg.al.strategy == "aas" and open_pairs is not None and regions and open_pairs < budget:
-        rest = "are kept for later cycles" if cfg.al.budget_per == "run" else "stay unused"
-        notes.append(f"AAS's open pool holds {open_pairs} pairs, fewer than the {budget} this cycle may ask: "
-                     f"{budget - open_pairs} pairs of budget {rest} (AAS asks only informative pairs)")
+    elif open_pairs is not None and open_pairs < budget and (regions or "regions" not in stats):
+        rest = "are kept for later cycles" if cfg.al.budget_per == "run" else "stay unspent"
+        pools = (f" (U_os {stats['U_os']} and U_us {stats['U_us']} pairs before settled ones are dropped)"
+                 if cfg.al.strategy == "aas" and "U_os" in stats else "")
+        why = ("AAS asks only pairs where the two views disagree, and its pools run dry when they mostly agree"
+               if cfg.al.strategy == "aas" else f"{cfg.al.strategy} has no further pair to ask")
+        notes.append(f"the open pool holds {open_pairs} pairs{pools}, fewer than the {budget} this cycle may ask: "
+                     f"{budget - open_pairs} pairs of budget {rest} ({why})")
     return notes
+
+
+def budget_use(stats: dict, drawn: int) -> dict:
+    """What the cycle could ask, what it asked and the open pool it chose from: ``unspent``
+    is the budget left when the pool ran dry (docs/method.md §7)."""
+    if "budget" not in stats:
+        return {}
+    out = {"budget": int(stats["budget"]), "unspent": max(int(stats["budget"]) - int(drawn), 0)}
+    if stats.get("pool_open") is not None:
+        out["pool_open"] = int(stats["pool_open"])
+    return out
 
 
 class ALCycle:
@@ -208,7 +223,7 @@ class ALCycle:
                "pairs_asked": this_cycle, "asked_total": counts["asked"], "must_link": counts["must_link"],
                "cannot_link": counts["cannot_link"], "ml_cl_ratio": counts["must_link"] / max(counts["cannot_link"], 1),
                "utilised_budget": counts["asked"] / total_pairs(self.n), "contradictions": counts["contradictions"],
-               "notes": " | ".join(stats.get("notes", []))}
+               **budget_use(stats, len(asked.pairs)), "notes": " | ".join(stats.get("notes", []))}
         if getattr(self, "_nis", None) is not None:
             # NIS's own output: how many individuals the answers say there are
             from aas_ray.al.baselines import NISSampler

@@ -25,6 +25,13 @@ def training_labels(views: ClusterViews, store: ConstraintStore, x: np.ndarray,
     refined = refine(views.labels_a, store, x)
     protected = np.zeros(x.shape[0], dtype=bool)
     protected[store.must_links().ravel()] = True
+    if views.tight is None or views.loose is None:
+        # no radius-based reliability views (HDBSCAN's view A, docs/method.md §2): its noise
+        # points are already instance classes
+        labels = with_instance_classes(refined)
+        sizes = np.bincount(labels)
+        return labels, refined, indep_thres, {"clusters": int((sizes > 1).sum()), "instances": int((sizes == 1).sum()),
+                                              "demoted": 0}
     labels, indep_thres, stats = self_paced_labels(refined, views.tight, views.loose, indep_thres, protected)
     return labels, refined, indep_thres, stats
 
