@@ -91,8 +91,7 @@ def cmd_simulate(args) -> int:
         exp = prepare_experiment(cfg)
         x, truth, name = exp.train_features, exp.truth, cfg.data.name
     out = Path(args.out) if args.out else Path(cfg.output_dir) / f"simulate-{name}"
-    out.mkdir(parents=True, exist_ok=True)
-    table = simulate(x, truth, cfg, strategies, args.cycles, out)
+    table = simulate(x, truth, cfg, strategies, args.cycles, out)  # makes ``out`` once the inputs pass
     table.to_csv(out / "cycles.csv", index=False)
     cols = [c for c in ("strategy", "cycle", "pairs_asked", "ml_cl_ratio", "utilised_budget", "regions", "U_os",
                         "U_us", "nmi", "ari", "pair_f1", "clusters", "outliers") if c in table.columns]

@@ -295,8 +295,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
         return build_config(raw, source=source)
     # The file on its own first, so that an error is blamed on whichever holds it.
     build_config(raw, source=source)
-    named = " ".join(f"--set {o}" for o in overrides) if isinstance(overrides, list) else "the overrides"
-    return build_config(raw, extra, source=named)
+    if not isinstance(overrides, list):
+        return build_config(raw, extra, source="the overrides")
+    try:
+        return build_config(raw, extra, source="the overrides")
+    except ConfigError:
+        # Blame the override at fault: the first one that makes the config invalid, given
+        # those before it (a check across keys blames the override that completes it).
+        for k in range(1, len(overrides)):
+            build_config(raw, parse_overrides(overrides[:k]), source=f"--set {overrides[k - 1]}")
+        return build_config(raw, extra, source=f"--set {overrides[-1]}")  # raises: the last one is at fault
 
 
 def dump_config(cfg: Config) -> str:

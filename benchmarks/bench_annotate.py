@@ -111,7 +111,7 @@ def main() -> int:
                     time.sleep(args.look_ms / 1000)  # a person looks; the page prefetches meanwhile
                 t = time.perf_counter()
                 page.keyboard.press("s" if identity(u) == identity(v) else "d")
-                page.wait_for_function(f"document.getElementById('progress').textContent !== {before!r}")
+                page.wait_for_function("(b) => document.getElementById('progress').textContent !== b", arg=before)
                 if k < args.pairs - 1:
                     page.wait_for_function(shown)
                 delays.append(time.perf_counter() - t)

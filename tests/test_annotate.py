@@ -1,8 +1,10 @@
 """The pair annotation page in a real browser (Debian's Chromium driven by Playwright) against
 a real `aas-ray annotate` server process over a real paused run."""
 
+import http.client
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -110,7 +112,7 @@ def answer_current(page, ids, key_for=None):
     u, v = int(page.inner_text("#u")), int(page.inner_text("#v"))
     before = page.inner_text("#progress")
     page.keyboard.press(key_for(u, v) if key_for else ("s" if ids[u] == ids[v] else "d"))
-    page.wait_for_function(f"document.getElementById('progress').textContent !== {before!r}")
+    page.wait_for_function("(before) => document.getElementById('progress').textContent !== before", arg=before)
     return u, v
 
 
@@ -129,7 +131,8 @@ def test_a_cycle_answered_by_keyboard_is_in_the_journal(run_dir, browser):
         assert all(r["answer"] == ("MUST_LINK" if ids[r["u"]] == ids[r["v"]] else "CANNOT_LINK") for r in lines)
         # undo withdraws the last answer by appending, never by editing the history
         page.keyboard.press("z")
-        page.wait_for_function("document.getElementById('progress').textContent.startsWith(" + repr(str(len(asked) - 1)) + ")")
+        page.wait_for_function("(n) => document.getElementById('progress').textContent.startsWith(n)",
+                               arg=str(len(asked) - 1))
         assert journal(run_dir)[:-1] == lines and journal(run_dir)[-1]["kind"] == "retraction"
     finally:
         server.kill()
@@ -235,7 +238,8 @@ def test_the_page_needs_the_token_off_loopback(run_dir):
     from aas_ray.experiment.annotation import AnnotationSession
     from aas_ray.orchestration.annotate.server import create_app
 
-    client = TestClient(create_app(AnnotationSession(run_dir), token="sekrit"))
+    app = create_app(AnnotationSession(run_dir), token="sekrit", host="10.1.2.3", port=8700)
+    client = TestClient(app, base_url="http://10.1.2.3:8700")
     assert client.get("/api/status").status_code == 401
     assert client.get("/api/status?token=wrong").status_code == 401
     ok = client.get("/api/status?token=sekrit")
@@ -263,8 +267,8 @@ def test_the_run_continues_by_itself_after_the_last_answer(tmp_path, browser):
             except Exception:  # the page server is still starting
                 time.sleep(0.5)
         for cycle in (1, 2):
-            page.wait_for_function(f"document.getElementById('cycle').textContent === '{cycle}' && "
-                                   "!document.getElementById('annotate').hidden", timeout=120_000)
+            page.wait_for_function("(c) => document.getElementById('cycle').textContent === c && "
+                                   "!document.getElementById('annotate').hidden", arg=str(cycle), timeout=120_000)
             while not page.is_visible("#done"):
                 answer_current(page, ids)
             assert page.is_visible("#done-serve")
@@ -275,3 +279,127 @@ def test_the_run_continues_by_itself_after_the_last_answer(tmp_path, browser):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+PAYLOAD = '<img src=x onerror="window.__pwned=1">'
+
+
+def request(port, method, path, headers=None, body=None):
+    """A raw HTTP request (every header as given, Host included); status and body."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+        data = json.dumps(body).encode() if body is not None else b""
+        for k, v in {"Host": f"127.0.0.1:{port}", **(headers or {}), "Content-Type": "application/json",
+                     "Content-Length": str(len(data))}.items():
+            if v is not None:
+                conn.putheader(k, v)
+        conn.endheaders(data)
+        r = conn.getresponse()
+        return r.status, r.read().decode(), dict(r.getheaders())
+    finally:
+        conn.close()
+
+
+def test_markup_stored_in_a_run_is_shown_as_text_and_runs_nothing(run_dir, browser):
+    """Every value the pages show that someone could have stored (the answer's source, the
+    pool, the run folder's name) holds markup with an onerror handler: the pages show it
+    literally, no script runs and no inline script is even attempted."""
+    hostile = run_dir.with_name(PAYLOAD)
+    run_dir.rename(hostile)
+    state = json.loads((hostile / "state.json").read_text())
+    state["pending"]["pool"][0] = PAYLOAD
+    (hostile / "state.json").write_text(json.dumps(state))
+    u, v = state["pending"]["pairs"][0]
+    (hostile / "annotations.jsonl").write_text(json.dumps(
+        {"u": u, "v": v, "answer": "MUST_LINK", "cycle": 1, "source": "human:web:" + PAYLOAD}) + "\n")
+    server = Server(hostile)
+    try:
+        context = browser.new_context()
+        context.add_init_script("window.__violations = [];"
+                                "document.addEventListener('securitypolicyviolation', (e) => "
+                                "window.__violations.push(e.violatedDirective));")
+        page = context.new_page()
+        page.goto(server.url)
+        page.wait_for_selector("#pair-index:not(:has-text('–'))")
+        assert page.inner_text("#run") == PAYLOAD
+        # The API refuses a client name that is not a plain identifier, with one line naming the field.
+        refused = page.evaluate("""(p) => fetch('api/answer', {method: 'POST', headers: {'Content-Type':
+            'application/json'}, body: JSON.stringify({i: 1, answer: 'different', client: p})})
+            .then(async (r) => [r.status, await r.json()])""", PAYLOAD)
+        assert refused == [422, {"error": "client: must be 1 to 32 letters, digits, '-' or '_'"}]
+        assert len(journal(hostile)) == 1
+        review = context.new_page()
+        review.goto(server.url + "review")
+        review.wait_for_selector("#rows tr")
+        cells = review.locator("#rows tr").first.locator("td")
+        assert cells.nth(4).inner_text() == PAYLOAD and cells.nth(5).inner_text() == "human:web:" + PAYLOAD
+        assert review.inner_text("#run") == PAYLOAD
+        for p in (page, review):
+            assert p.evaluate("window.__pwned") is None
+            assert p.evaluate("window.__violations") == []
+            assert p.locator("img[src='x']").count() == 0
+        # A strict policy on every response: scripts from the server's files only, none inline.
+        for path in ("", "review", "static/app.js", "api/status", "api/nope"):
+            csp = request(server.port, "GET", "/" + path)[2]["content-security-policy"]
+            assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+        static = Path(__file__).resolve().parents[1] / "aas_ray/orchestration/annotate/static"
+        for html in static.glob("*.html"):
+            assert not re.search(r"<script(?![^>]*\bsrc=)", html.read_text()), html
+        for js in static.glob("*.js"):
+            assert not re.search(r"innerHTML|outerHTML|insertAdjacentHTML|document\.write", js.read_text()), js
+        context.close()
+    finally:
+        server.kill()
+
+
+def test_only_its_own_host_and_origin_are_answered(run_dir, browser):
+    """DNS rebinding (a foreign name in Host) gets 400 before any route; a change posted from
+    another origin gets 403 and records nothing; the page's own requests go through."""
+    server = Server(run_dir)
+    port = server.port
+    try:
+        own = f"http://127.0.0.1:{port}"
+        answer = {"i": 0, "answer": "different", "client": "tab1"}
+        for host in ("evil.example", f"evil.example:{port}", f"127.0.0.1:{port + 1}", "localhost.evil.example"):
+            assert request(port, "GET", "/api/status", {"Host": host})[0] == 400, host
+            assert request(port, "POST", "/api/next", {"Host": host, "Origin": own}, {"client": "tab1"})[0] == 400
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}"):
+            assert request(port, "GET", "/api/status", {"Host": host})[0] == 200, host
+        for headers in ({"Origin": "http://evil.example"}, {"Origin": "null"}, {"Sec-Fetch-Site": "cross-site"},
+                        {"Origin": own, "Sec-Fetch-Site": "same-site"}, {}):
+            status, body, _ = request(port, "POST", "/api/answer", headers, answer)
+            assert status == 403 and "must come from this page" in body, headers
+        assert journal(run_dir) == []
+        assert request(port, "POST", "/api/next", {"Origin": own}, {"client": "tab1"})[0] == 200
+        assert request(port, "POST", "/api/answer", {"Sec-Fetch-Site": "same-origin"}, answer)[0] == 200
+        assert len(journal(run_dir)) == 1
+        # the page itself, in the browser, answers as before
+        page = open_page(browser, server.url)
+        answer_current(page, truth_of(run_dir))
+        assert len(journal(run_dir)) == 2
+    finally:
+        server.kill()
+
+
+def test_host_names_follow_the_address_given(run_dir):
+    from fastapi.testclient import TestClient
+
+    from aas_ray.experiment.annotation import AnnotationSession
+    from aas_ray.orchestration.annotate.server import create_app
+
+    session = AnnotationSession(run_dir)
+
+    def status(host, bind, **kw):
+        client = TestClient(create_app(session, token="t", host=bind, port=8700), base_url=f"http://{host}")
+        return client.get("/api/status?token=t", **kw).status_code
+
+    assert status("lynx.lab:8700", "lynx.lab") == 200
+    assert status("127.0.0.1:8700", "lynx.lab") == 200
+    assert status("10.0.0.7:8700", "lynx.lab") == 400
+    # bound to every address: any IP address and this machine's name, never a foreign DNS name
+    import socket
+
+    assert status("10.0.0.7:8700", "0.0.0.0") == 200
+    assert status(f"{socket.gethostname()}:8700", "0.0.0.0") == 200
+    assert status("evil.example:8700", "0.0.0.0") == 400

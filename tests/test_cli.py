@@ -88,8 +88,29 @@ def test_simulate_bad_inputs(tmp_path, caplog):
     assert main(["simulate", "--features", str(tmp_path / "f.npy"), "--labels", str(tmp_path / "y.npy"),
                  "--out", str(tmp_path / "o")]) == 2
     assert "NaN" in caplog.text
+    assert not (tmp_path / "o").exists()  # refused before anything is written: no empty output folder
     np.save(tmp_path / "g.npy", np.random.default_rng(0).normal(size=(10, 4)))
     np.save(tmp_path / "one.npy", np.zeros(10))
     assert main(["simulate", "--features", str(tmp_path / "g.npy"), "--labels", str(tmp_path / "one.npy"),
                  "--out", str(tmp_path / "o")]) == 2
     assert "at least 2 identities" in caplog.text
+
+
+def test_a_faulty_override_is_named_alone(tmp_path, caplog):
+    assert main(["evaluate", *tiny_sets(tmp_path), "--set", "model.image_size=[0,0]", "--set", "al.epsilon=0.5"]) == 2
+    (line,) = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert line.startswith("invalid configuration in --set model.image_size=[0,0]: 'model.image_size.0'")
+    assert "output_dir" not in line and "al.epsilon" not in line
+    caplog.clear()
+    # a check across two keys blames the override that completes the conflict
+    assert main(["evaluate", "--set", "al.budget_fraction=0.1", "--set", "al.budget_pairs=5"]) == 2
+    assert "invalid configuration in --set al.budget_pairs=5: 'al': set only one of" in caplog.text
+    assert "--set al.budget_fraction=0.1" not in caplog.text
+
+
+def test_a_csv_catalogue_lacking_a_column_is_named(tmp_path, caplog):
+    csv = tmp_path / "catalogue.csv"
+    pd.DataFrame({"image_id": ["a", "b"], "path": ["a.jpg", "b.jpg"]}).to_csv(csv, index=False)
+    assert main(["evaluate", *tiny_sets(tmp_path), "--set", "data.name=csv", "--set", f"data.csv={csv}"]) == 2
+    assert f"catalogue CSV {csv} lacks column(s) ['identity']" in caplog.text
+    assert not (tmp_path / "runs").exists()

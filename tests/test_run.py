@@ -2,6 +2,7 @@
 training, real processes killed with SIGKILL at named points."""
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -15,6 +16,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from aas_ray.cli import main
+from aas_ray.experiment.checkpoint import mount_point
+from aas_ray.orchestration.run import mark_interrupted
 
 TINY = [
     "data.synthetic.identities=10", "data.synthetic.families=4", "data.synthetic.min_images=4",
@@ -40,19 +43,29 @@ def resume_args(tmp_path, run_dir):
     return ["run", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--resume", str(run_dir)]
 
 
-def killed_at(tmp_path, patch: str, *extra, epochs=4):
-    """Run `aas-ray run` in a child process whose ``patch`` (Python run before the CLI)
-    SIGKILLs it at a chosen point; returns the run folder it left."""
+def patched(tmp_path, patch: str, *extra, epochs=4) -> list[str]:
+    """The command line of a child `aas-ray run` whose ``patch`` (Python run before the CLI)
+    does something at a chosen point (a kill, a full disk, a wait for Ctrl-C)."""
     script = textwrap.dedent(patch) + textwrap.dedent(f"""
         import sys
         from aas_ray.cli import main
         sys.exit(main({cli_args(tmp_path, '--strategies', 'aas', *extra, epochs=epochs)!r}))
     """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == -signal.SIGKILL, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return [sys.executable, "-c", script]
+
+
+def the_run_folder(tmp_path):
     runs = list((tmp_path / "runs").glob("*/state.json"))
     assert len(runs) == 1
     return runs[0].parent
+
+
+def killed_at(tmp_path, patch: str, *extra, epochs=4):
+    """Run `aas-ray run` in a child process whose ``patch`` SIGKILLs it at a chosen point;
+    returns the run folder it left."""
+    proc = subprocess.run(patched(tmp_path, patch, *extra, epochs=epochs), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == -signal.SIGKILL, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return the_run_folder(tmp_path)
 
 
 def steps_of(client, run_id, key):
@@ -222,6 +235,124 @@ def test_kill_during_setup_is_resumable_and_never_left_running(tmp_path, caplog)
     assert main(resume_args(tmp_path, run_dir)) == 0
     assert client.get_run(run_dir.name).info.status == "FINISHED"
     assert steps_of(client, run_dir.name, "train/loss") == [1, 2, 3, 4]
+
+
+@pytest.mark.slow
+def test_kill_between_the_mlflow_run_and_its_folder_leaves_no_orphan(tmp_path, caplog):
+    """Killed the moment the MLflow run exists: its folder is there, under the name it was
+    started with, and the MLflow run names it; the next command gives the folder the run's
+    id, marks the run KILLED and says how to continue it."""
+    started = killed_at(tmp_path, """
+        import os, signal
+        from aas_ray.orchestration import tracking
+        _create = tracking.MlflowTracker.create.__func__
+        def create(cls, *args, **kwargs):
+            _create(cls, *args, **kwargs)
+            os.kill(os.getpid(), signal.SIGKILL)
+        tracking.MlflowTracker.create = classmethod(create)
+    """)
+    client = client_of(tmp_path)
+    (run,) = client.search_runs([client.get_experiment_by_name("aas-ray").experiment_id])
+    assert run.info.status == "RUNNING" and started.name == ".starting-" + run.data.tags["aas_ray.started"]
+    assert main(cli_args(tmp_path, "--strategies", "none", epochs=1)) == 0
+    run_dir = tmp_path / "runs" / run.info.run_id
+    assert not started.exists() and json.loads((run_dir / "state.json").read_text())["tracking_run_id"] == run_dir.name
+    assert client.get_run(run_dir.name).info.status == "KILLED"
+    assert f"continue it with: aas-ray run --resume {run_dir}" in caplog.text
+    # ... and it resumes by its MLflow run id, to the end, in the same MLflow run
+    assert main(resume_args(tmp_path, run_dir.name) + ["--set", f"output_dir={tmp_path / 'runs'}"]) == 0
+    assert client.get_run(run_dir.name).info.status == "FINISHED"
+    assert steps_of(client, run_dir.name, "train/loss") == [1, 2, 3, 4]
+    assert client.get_run(run_dir.name).data.params["al.strategy"] == "aas"
+
+
+@pytest.mark.slow
+def test_kill_before_the_mlflow_run_leaves_nothing_behind(tmp_path, caplog):
+    started = killed_at(tmp_path, """
+        import os, signal
+        from aas_ray.orchestration import tracking
+        def create(cls, *args, **kwargs):
+            os.kill(os.getpid(), signal.SIGKILL)
+        tracking.MlflowTracker.create = classmethod(create)
+    """)
+    assert started.name.startswith(".starting-")
+    caplog.set_level(logging.INFO)
+    mark_interrupted(tmp_path / "runs", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert not started.exists() and f"removed {started}" in caplog.text
+
+
+@pytest.mark.slow
+def test_a_full_disk_at_a_checkpoint_keeps_the_last_one_and_the_run_resumes(tmp_path):
+    """The disk fills up 200 kB into epoch 1's checkpoint (the writer fails as write(2) does)."""
+    proc = subprocess.run(patched(tmp_path, """
+        import errno, io
+        from aas_ray.experiment import checkpoint
+        class Full(io.FileIO):
+            def write(self, data):
+                if self.tell() + len(data) > 200_000:
+                    raise OSError(errno.ENOSPC, "No space left on device")
+                return super().write(data)
+        opened = []
+        def fake_open(path, mode="r", *args, **kwargs):
+            if str(path).endswith("checkpoint.pt.tmp"):
+                opened.append(path)
+                if len(opened) == 2:
+                    return Full(path, "wb")
+            return open(path, mode, *args, **kwargs)
+        checkpoint.open = fake_open
+    """), capture_output=True, text=True, timeout=600)
+    run_dir = the_run_folder(tmp_path)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    (line,) = [ln for ln in proc.stderr.splitlines() if " ERROR " in ln]
+    assert line.endswith(f"no space left on {mount_point(run_dir)} while writing {run_dir / 'checkpoint.pt'}; "
+                         "the previous checkpoint.pt is kept: free some space, then resume")
+    assert f"continue it with: aas-ray run --resume {run_dir}" in proc.stderr
+    assert sorted(p.name for p in run_dir.glob("checkpoint*")) == ["checkpoint.pt"]
+    assert json.loads((run_dir / "state.json").read_text())["epoch_done"] == 0
+    client = client_of(tmp_path)
+    assert client.get_run(run_dir.name).info.status == "KILLED"
+    assert main(resume_args(tmp_path, run_dir)) == 0
+    assert client.get_run(run_dir.name).info.status == "FINISHED"
+    assert steps_of(client, run_dir.name, "train/loss") == [1, 2, 3, 4]
+
+
+@pytest.mark.slow
+def test_ctrl_c_leaves_the_run_killed_with_the_way_back(tmp_path):
+    """SIGINT from outside (Ctrl-C) during epoch 2: KILLED in MLflow, the resume command
+    printed, and the resumed run has every step once."""
+    ready = tmp_path / "in-epoch-2"
+    proc = subprocess.Popen(patched(tmp_path, f"""
+        import time
+        from pathlib import Path
+        from aas_ray.experiment import trainer
+        _orig = trainer.SpCLTrainer.train_epoch
+        def train_epoch(self, labels, epoch):
+            if epoch == 2:
+                Path({str(ready)!r}).touch()
+                time.sleep(600)
+            return _orig(self, labels, epoch)
+        trainer.SpCLTrainer.train_epoch = train_epoch
+    """), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 300
+        while not ready.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        assert ready.exists(), proc.communicate()[1][-3000:]
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    run_dir = the_run_folder(tmp_path)
+    assert proc.returncode == 130, err[-3000:]
+    assert f"was interrupted after epoch 1; continue it with: aas-ray run --resume {run_dir}" in err
+    client = client_of(tmp_path)
+    assert client.get_run(run_dir.name).info.status == "KILLED"
+    assert main(resume_args(tmp_path, run_dir)) == 0
+    assert client.get_run(run_dir.name).info.status == "FINISHED"
+    assert steps_of(client, run_dir.name, "train/loss") == [1, 2, 3, 4]
+    assert steps_of(client, run_dir.name, "eval/mAP") == [0, 1, 2, 3, 4]
 
 
 @pytest.mark.slow

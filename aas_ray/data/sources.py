@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from aas_ray.data.catalogue import DatasetError
+from aas_ray.data.catalogue import REQUIRED, DatasetError
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,10 @@ def read_csv_catalogue(csv: Path, name: str) -> pd.DataFrame:
         raise DatasetError(f"dataset {name!r}: cannot read catalogue CSV {csv}: {err}") from None
     if "image_id" not in df.columns and "path" in df.columns:
         df["image_id"] = df["path"]
+    missing = [c for c in REQUIRED if c not in df.columns]
+    if missing:
+        raise DatasetError(f"dataset {name!r}: catalogue CSV {csv} lacks column(s) {missing}; required: "
+                           f"{list(REQUIRED)} (image_id may be left out: the path is used), found: {list(df.columns)}")
     return df
 
 

@@ -26,6 +26,7 @@ from aas_ray.checks import InputError
 from aas_ray.config import load_config
 from aas_ray.experiment.annotations import AnnotationJournal, effective
 from aas_ray.experiment.checkpoint import RunState
+from aas_ray.experiment.pending import checked_pending, load_clusters
 
 IMAGES = "images.csv"
 CATALOGUE = "catalogue.json"
@@ -73,14 +74,15 @@ class AnnotationSession:
         """Read the run's state and journal again (after training moved on, or at start)."""
         with self.lock:
             self.state = RunState.load(self.dir / "state.json")
-            p = self.state.pending
-            self.cycle = p["cycle"] if p else None
-            self.pairs = np.asarray(p["pairs"], dtype=np.int64).reshape(-1, 2) if p else np.empty((0, 2), np.int64)
-            self.pool = list(p["pool"]) if p else []
-            self.pair_type = list(p["pair_type"]) if p else []
+            p = checked_pending(self.state.pending, len(self.images), self.dir / "state.json") \
+                if self.state.pending else None
+            self.cycle = p.cycle if p else None
+            self.pairs = p.pairs if p else np.empty((0, 2), np.int64)
+            self.pool = p.pool.tolist() if p else []
+            self.pair_type = p.pair_type.tolist() if p else []
             self.index = {(int(u), int(v)): i for i, (u, v) in enumerate(self.pairs)}
             clusters = self.dir / f"pending-cycle-{self.cycle}-clusters.npy"
-            self.clusters = np.load(clusters) if self.cycle and clusters.is_file() else None
+            self.clusters = load_clusters(clusters, len(self.images)) if self.cycle and clusters.is_file() else None
             self.records = self.journal.read()
             self._rebuild()
 

@@ -4,10 +4,14 @@ memory, optimiser, RNGs), both replaced atomically.
 
 Checkpoints hold tensors and plain containers only and load with ``weights_only=True``:
 a run folder from elsewhere must never be able to run code (a pickled object could).
+
+A write that fails (a full disk, a read-only folder) removes its partial file and leaves
+the previous version in place, with a one-line error naming the file.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -23,6 +27,60 @@ log = logging.getLogger(__name__)
 # Optimiser settings that say how a step is computed, not what it computes: a checkpoint
 # written on another device holds that device's (fused Adam on CUDA, not on a CPU).
 IMPLEMENTATION_KEYS = ("foreach", "fused", "capturable", "differentiable")
+
+
+class NoSpaceLeft(InputError):
+    """The disk filled up while a run's state was written; the previous version is kept."""
+
+
+def mount_point(path: Path) -> Path:
+    """The file system ``path`` lies on, by where it is mounted (what a person sees in ``df``)."""
+    p = Path(path).resolve()
+    while not os.path.ismount(p):
+        p = p.parent
+    return p
+
+
+class _Recording:
+    """The file a writer writes to, keeping the OS error of a failed write: the zip writer of
+    ``torch.save`` reports a full disk only as "unexpected pos"."""
+
+    def __init__(self, f):
+        self.f = f
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def atomic_write(path: Path, write) -> None:
+    """``write(f)`` into ``<path>.tmp`` (a binary file), fsynced, then moved over ``path``.
+    On any failure the partial file is removed and ``path`` stays as it was."""
+    tmp = path.with_name(path.name + ".tmp")
+    sink = None
+    try:
+        with open(tmp, "wb") as f:
+            sink = _Recording(f)
+            write(sink)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        cause = sink.error if sink is not None and sink.error is not None else err
+        if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise NoSpaceLeft(f"no space left on {mount_point(path.parent)} while writing {path}; the previous "
+                              f"{path.name} is kept: free some space, then resume") from None
+        if isinstance(cause, OSError):
+            raise InputError(f"cannot write {path}: {cause.strerror or cause}") from None
+        raise
+    os.replace(tmp, path)
 
 
 @dataclass
@@ -51,15 +109,12 @@ class RunState:
             raise InputError(f"{path} is not a run state this version can read: {err}") from None
 
     def save(self, path: Path) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=1))
-        os.replace(tmp, path)
+        text = json.dumps(asdict(self), indent=1).encode()
+        atomic_write(path, lambda f: f.write(text))
 
 
 def save_checkpoint(obj: dict, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def load_checkpoint(path: Path, device) -> dict:

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from aas_ray.al import Answer, ConstraintStore
-from aas_ray.checks import InputError
+from aas_ray.checks import InputError, labels_array, pair_array
 from aas_ray.experiment.cycle import ALCycle, Pending
 
 
@@ -44,11 +44,8 @@ class PersonInTheLoop:
             np.save(self.dir / f"pending-cycle-{p.cycle}-clusters.npy", p.clusters)
         return self.write(p)
 
-    @staticmethod
-    def pending(state) -> Pending:
-        d = state.pending
-        return Pending(d["cycle"], np.asarray(d["pairs"], dtype=np.int64).reshape(-1, 2), np.asarray(d["pool"]),
-                       np.asarray(d["pair_type"]), np.asarray(d["probability"]), d["stats"])
+    def pending(self, state) -> Pending:
+        return checked_pending(state.pending, len(self.paths), self.dir / "state.json")
 
     def take_back(self, state) -> dict:
         """The person's answers to the pending cycle into the journal; the cycle's row. ``state``
@@ -75,6 +72,34 @@ class PersonInTheLoop:
         if path.is_file():
             path.rename(path.with_suffix(".answered.csv"))
         return row
+
+
+def checked_pending(d: dict, n: int, where: Path) -> Pending:
+    """The pending cycle a run's state holds, every field checked against the ``n`` training
+    images: a damaged state file is named, never an index error deep in the run."""
+    try:
+        pairs = pair_array(d["pairs"], n, f"{where}: the pending pairs")
+        fields = {k: np.asarray(d[k]) for k in ("pool", "pair_type", "probability")}
+        for k, v in fields.items():
+            if v.ndim != 1 or len(v) != len(pairs):
+                raise InputError(f"{where}: the pending '{k}' holds {v.size} entries for {len(pairs)} pairs")
+        return Pending(int(d["cycle"]), pairs, fields["pool"].astype(str), fields["pair_type"].astype(str),
+                       fields["probability"].astype(float), dict(d.get("stats") or {}))
+    except InputError:
+        raise
+    except (KeyError, TypeError, ValueError) as err:
+        raise InputError(f"{where}: the pending cycle is damaged ({type(err).__name__}: {err})") from None
+
+
+def load_clusters(path: Path, n: int) -> np.ndarray:
+    """The pseudo-clusters saved with a pending cycle: one integer label per training image."""
+    try:
+        c = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise InputError(f"{path} is not a numeric .npy array of cluster labels ({err})") from None
+    if not np.issubdtype(c.dtype, np.integer) or c.ndim != 1:
+        raise InputError(f"{path} holds a {c.dtype} array of shape {c.shape}, not one integer cluster label per image")
+    return labels_array(c, n, name=str(path))
 
 
 def read_answers(path: Path, pairs: np.ndarray, paths: list) -> list[Answer | None]:

@@ -51,6 +51,8 @@ def simulate(x: np.ndarray, truth: np.ndarray, cfg, strategies=("aas", "random")
     n = x.shape[0]
     cycles = cfg.al.cycles if cycles is None else cycles
     views = views or build_views(x, **cfg.cluster.view_params())
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)  # only once the inputs have passed
     rows = []
     for strategy in strategies:
         store = ConstraintStore(n)
@@ -85,17 +87,23 @@ def load_features(features: str, labels: str) -> tuple[np.ndarray, np.ndarray]:
     for p, what in ((fp, "features"), (lp, "labels")):
         if not p.is_file():
             raise InputError(f"{what} file not found: {p}")
-    try:
-        x = np.load(fp, allow_pickle=False)
-    except (ValueError, OSError) as err:
-        raise InputError(f"{fp} is not a numeric .npy array of features (n, d): {err}") from None
+    x = _load_npy(fp, "features (n, d)")
     if not np.issubdtype(x.dtype, np.number):
         raise InputError(f"{fp} holds {x.dtype} values, not numbers; features must be a numeric (n, d) array")
     if lp.suffix == ".npy":
-        try:
-            y = np.load(lp, allow_pickle=False)
-        except (ValueError, OSError) as err:
-            raise InputError(f"{lp} is not a .npy array of labels: {err}") from None
+        y = _load_npy(lp, "labels")
     else:
         y = np.array([line.strip() for line in lp.read_text().splitlines() if line.strip()])
     return x, y
+
+
+def _load_npy(path: Path, what: str) -> np.ndarray:
+    """An array saved with ``numpy.save``, never unpickled; anything else is named."""
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic != b"\x93NUMPY":
+        raise InputError(f"{path} is not a .npy file (it starts with {magic!r}); save the {what} with numpy.save")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as err:
+        raise InputError(f"{path} is not a plain .npy array of {what}: {err}") from None

@@ -3,23 +3,26 @@ against the bounds (plain SpCL and the supervised skyline on the same schedule).
 
 Order of work, so that bad input costs nothing: every strategy's config is validated, the
 tracking store checked and the dataset prepared (images checked, features, split) before
-any MLflow run or run folder exists. A run folder then gets its ``state.json`` before its
-trainer starts, so a run killed at any point can be resumed, and one process at a time
-may write to it.
+any MLflow run or run folder exists. A run folder exists, with its config and state, before
+its MLflow run does (see :func:`start_run`), so a run killed at any point can be resumed,
+and one process at a time may write to it. A folder resumed must be its MLflow run's own:
+a copy of another run's folder is refused, so that it never changes that run.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
+import uuid
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from aas_ray.checks import InputError
-from aas_ray.config import Config, build_config, dump_config, load_config
-from aas_ray.experiment.checkpoint import RunState
+from aas_ray.config import Config, ConfigError, build_config, dump_config, load_config
+from aas_ray.experiment.checkpoint import NoSpaceLeft, RunState
 from aas_ray.experiment.prepare import Experiment, prepare_data, prepare_experiment
 from aas_ray.experiment.pending import awaiting_message
 from aas_ray.experiment.trainer import RunOutcome, SpCLTrainer
@@ -27,11 +30,17 @@ from aas_ray.eval.paired import mean_interval
 from aas_ray.orchestration.compare import BOUNDS, bounds_in_store, config_key, format_paired, gap_closed, paired_table
 from aas_ray.orchestration.plots import map_vs_budget
 from aas_ray.orchestration.resources import child_gpus, use_threads, visible_gpus
-from aas_ray.orchestration.runlock import RunLock
+from aas_ray.orchestration.runlock import RunLock, RunLocked
 from aas_ray.orchestration.tracking import MlflowTracker, check_tracking_uri, resolve_tracking_uri
 
 log = logging.getLogger(__name__)
 
+# A run's MLflow tags: the folder it was started in (a hex id, until the folder takes the
+# run id as its name) and the folder that is its own (where it was made or last resumed).
+STARTED_TAG = "aas_ray.started"
+RUN_DIR_TAG = "aas_ray.run_dir"
+STARTING = ".starting-"
+STARTED_IN = ".tracking_uri"
 ARTIFACTS = ("config.yaml", "split.csv", "pairs.csv", "annotations.jsonl", "cycles.csv", "evals.csv",
              "map_vs_budget.png", "weights.safetensors")
 TABLE = ("mAP", "mINP", "top1", "top5", "BAKS", "auc_roc", "utilised_budget", "pairs")
@@ -55,19 +64,140 @@ def strategy_config(cfg: Config, strategy: str) -> Config:
 
 
 def start_run(cfg: Config, uri: str, parent_run_id: str | None = None, extra_tags: dict | None = None,
-              ) -> tuple[MlflowTracker, Path]:
-    """A new MLflow run and its folder, with a state.json from the first moment."""
-    strategy = cfg.al.strategy
-    name = cfg.tracking.run_name or f"{cfg.data.name}-{strategy}-seed{cfg.seed}"
-    tags = {"dataset": cfg.data.name, "strategy": strategy, "seed": cfg.seed, "config_key": config_key(cfg),
-            **(extra_tags or {})}
-    tracker = MlflowTracker.create(uri, cfg.tracking.experiment, name, tags, parent_run_id)
+              ) -> tuple[MlflowTracker, Path, RunLock]:
+    """A new MLflow run and its folder, returned with the folder's lock held.
+
+    The folder comes first, under a temporary name (``.starting-<hex>``), with its config and
+    state; then the MLflow run, tagged with that hex id; then the folder records the run and
+    takes its id as its name. Killed at any moment, this leaves no MLflow run without a
+    folder: :func:`recover_started` names a started folder after its run, or removes it when
+    its run was never created (it holds nothing but its config)."""
+    key = uuid.uuid4().hex
+    staging = Path(cfg.output_dir) / f"{STARTING}{key}"
+    lock = RunLock(staging).acquire()
+    try:
+        (staging / STARTED_IN).write_text(uri)
+        (staging / "config.yaml").write_text(dump_config(cfg))
+        RunState().save(staging / "state.json")
+        strategy = cfg.al.strategy
+        name = cfg.tracking.run_name or f"{cfg.data.name}-{strategy}-seed{cfg.seed}"
+        tags = {"dataset": cfg.data.name, "strategy": strategy, "seed": cfg.seed, "config_key": config_key(cfg),
+                STARTED_TAG: key, **(extra_tags or {})}
+        tracker = MlflowTracker.create(uri, cfg.tracking.experiment, name, tags, parent_run_id)
+        run_dir = name_folder(staging, tracker)
+        tracker.log_params(cfg.flat())
+    except BaseException:
+        lock.release()
+        raise
+    lock.path = run_dir / ".lock"
+    return tracker, run_dir, lock
+
+
+def name_folder(staging: Path, tracker: MlflowTracker) -> Path:
+    """A started folder records its MLflow run and takes the run id as its name."""
+    state = RunState.load(staging / "state.json")
+    state.tracking_run_id = tracker.run_id
+    state.save(staging / "state.json")
+    run_dir = staging.parent / tracker.run_id
+    staging.rename(run_dir)
+    (run_dir / STARTED_IN).unlink(missing_ok=True)
+    tracker.set_tag(RUN_DIR_TAG, str(run_dir.resolve()))
+    return run_dir
+
+
+def recover_started(output_dir: Path, uri: str) -> None:
+    """Folders of runs killed while :func:`start_run` made them: named after their MLflow run
+    (found by its tag), or removed when the run was never created in this store."""
+    for staging in sorted(Path(output_dir).glob(f"{STARTING}*")):
+        started_in = staging / STARTED_IN
+        if not staging.is_dir() or (started_in.is_file() and started_in.read_text() != uri):
+            continue  # another tracking store's
+        try:
+            with RunLock(staging):
+                _recover(staging, uri)
+        except RunLocked:
+            continue  # being made right now
+
+
+def _recover(staging: Path, uri: str) -> None:
+    key = staging.name.removeprefix(STARTING)
+    try:
+        cfg = load_config(staging / "config.yaml")
+    except ConfigError:
+        cfg = None  # killed while writing it: before any MLflow run
+    tracker = MlflowTracker.find(uri, cfg.tracking.experiment, STARTED_TAG, key) if cfg is not None else None
+    if tracker is None:
+        shutil.rmtree(staging)
+        log.info("removed %s: a run killed before its MLflow run was created (it held only its config)", staging)
+        return
+    run_dir = name_folder(staging, tracker)
     tracker.log_params(cfg.flat())
-    run_dir = Path(cfg.output_dir) / tracker.run_id
-    run_dir.mkdir(parents=True, exist_ok=True)
-    RunState(tracking_run_id=tracker.run_id).save(run_dir / "state.json")
-    (run_dir / "config.yaml").write_text(dump_config(cfg))
-    return tracker, run_dir
+    log.info("run %s was killed while it was being started; its folder is %s", tracker.run_id, run_dir)
+
+
+def copied_from(client, run, run_dir: Path, state: RunState) -> str | None:
+    """Why ``run_dir`` is not the folder of its MLflow run ``run`` but a copy (resuming it would
+    change the original's run), or None: the run's own folder is elsewhere and still there, or
+    the run went on past this folder's last epoch (it finished, or logged later epochs)."""
+    run_id = run.info.run_id
+    recorded = run.data.tags.get(RUN_DIR_TAG)
+    original = Path(recorded) if recorded else run_dir.parent / run_id
+    if original.resolve() != run_dir.resolve() and (original / "state.json").is_file():
+        return (f"{run_dir} is a copy of the folder of MLflow run {run_id}, {original}: resuming the copy would "
+                f"change that run; resume {original} instead (or move that folder away to go on from this copy)")
+    here = state.epoch_done + 1  # epochs this folder trained (its last train/loss step)
+    there = max((m.step for m in client.get_metric_history(run_id, "train/loss")), default=0)
+    if there > here or (run.info.status == "FINISHED" and not state.finished):
+        went = "has finished" if run.info.status == "FINISHED" else f"has logged {there}"
+        return (f"{run_dir} holds {here} trained epoch(s) but its MLflow run {run_id} {went}: the run went on in "
+                "another copy of this folder, and resuming this one would change it; resume that folder instead")
+    return None
+
+
+def resumed_tracker(uri: str, run_dir: Path) -> tuple[MlflowTracker, str]:
+    """The tracker of the run ``run_dir`` holds and the run's MLflow status before this
+    command; refused for a copy of another run's folder. A folder moved since (its recorded
+    place is gone) becomes the run's own."""
+    state = RunState.load(run_dir / "state.json")
+    if not state.tracking_run_id:
+        raise InputError(f"{run_dir / 'state.json'} names no MLflow run")
+    tracker = MlflowTracker(uri, state.tracking_run_id)
+    run = tracker.run()
+    if run is None:
+        raise InputError(f"{run_dir / 'state.json'} names MLflow run {state.tracking_run_id}, which {uri} does not "
+                         "hold: give the --tracking-uri the run was logged to")
+    why = copied_from(tracker.client, run, run_dir, state)
+    if why:
+        raise InputError(why)
+    if run.data.tags.get(RUN_DIR_TAG) != str(run_dir.resolve()):
+        tracker.set_tag(RUN_DIR_TAG, str(run_dir.resolve()))
+    return tracker, run.info.status
+
+
+def waits_for_answers(run_dir: Path) -> bool:
+    try:
+        return bool(RunState.load(run_dir / "state.json").pending)
+    except InputError:
+        return False
+
+
+def stopped_status(run_dir: Path, before: str | None, err: InputError) -> str:
+    """The MLflow status of a run that bad input (a damaged file, a full disk) stopped: it
+    waits for answers (SCHEDULED), or can be resumed once the input is mended (KILLED), or
+    keeps the status it had before this command; a new run stopped by bad input FAILED."""
+    if waits_for_answers(run_dir):
+        return "SCHEDULED"
+    if before is None:
+        return "KILLED" if isinstance(err, NoSpaceLeft) else "FAILED"
+    return "KILLED" if before in ("RUNNING", "SCHEDULED") else before
+
+
+def interrupted(run_dir: Path) -> str:
+    try:
+        after = f" after epoch {RunState.load(run_dir / 'state.json').epoch_done}"
+    except InputError:
+        after = ""
+    return f"run {run_dir.name} was interrupted{after}; continue it with: aas-ray run --resume {run_dir}"
 
 
 def train_until_pause(cfg: Config, run_dir: Path, tracker, uri: str, progress: bool, workers: int,
@@ -91,12 +221,16 @@ def train_one(cfg: Config, uri: str, run_dir: Path | None = None, progress: bool
     """One strategy, start to finish (or resume, or up to a pause for a person's answers).
     With ``serve`` ({"host", "port"}), a pause serves the annotation page and training goes
     on by itself once the cycle's pairs are answered."""
-    if run_dir is None:
-        tracker, run_dir = start_run(cfg, uri, parent_run_id, extra_tags)
+    fresh = run_dir is None
+    if fresh:
+        tracker, run_dir, lock = start_run(cfg, uri, parent_run_id, extra_tags)
     else:
-        tracker = MlflowTracker(uri, RunState.load(run_dir / "state.json").tracking_run_id)
+        lock = RunLock(run_dir).acquire()
     page = None
-    with RunLock(run_dir):
+    with lock:
+        before = None
+        if not fresh:
+            tracker, before = resumed_tracker(uri, run_dir)
         tracker.reopen()
         try:
             outcome = train_until_pause(cfg, run_dir, tracker, uri, progress, workers, experiment)
@@ -108,11 +242,18 @@ def train_one(cfg: Config, uri: str, run_dir: Path | None = None, progress: bool
                 page.wait_until_answered()
                 tracker.set_tag("waiting_for", "")
                 outcome = train_until_pause(cfg, run_dir, tracker, uri, progress, workers, experiment)
-        except InputError:
-            # Bad input found on the way (answers not filled in, a damaged file): the run is
-            # not broken, it still waits for that input.
-            state = RunState.load(run_dir / "state.json")
-            tracker.finish("SCHEDULED" if state.pending else "FAILED")
+        except InputError as err:
+            # Bad input found on the way (answers not filled in, a damaged file, a full disk):
+            # the run is not broken, it waits for that input.
+            status = stopped_status(run_dir, before, err)
+            tracker.finish(status)
+            if status == "KILLED":
+                log.warning("%s", interrupted(run_dir))
+            raise
+        except KeyboardInterrupt:
+            # Ctrl-C: as after a kill, the run goes on with --resume (or still waits for answers)
+            tracker.finish("SCHEDULED" if waits_for_answers(run_dir) else "KILLED")
+            log.warning("%s", interrupted(run_dir))
             raise
         except BaseException:
             tracker.finish("FAILED")
@@ -149,12 +290,16 @@ def log_gap_closed(uri: str, cfg: Config, run_id: str, final: dict, known: dict[
 
 
 def mark_interrupted(output_dir: Path, uri: str) -> None:
-    """Runs killed before they finished (no process holds them): KILLED in MLflow, with the way back."""
+    """Runs killed before they finished (no process holds them): KILLED in MLflow, with the
+    way back. A copy of another run's folder is left alone (its run is not this folder's)."""
     root = Path(output_dir)
     if not root.is_dir():
         return
+    recover_started(root, uri)
     for state_file in root.glob("*/state.json"):
         run_dir = state_file.parent
+        if run_dir.name.startswith(STARTING):
+            continue
         try:
             state = RunState.load(state_file)
         except InputError:
@@ -162,14 +307,12 @@ def mark_interrupted(output_dir: Path, uri: str) -> None:
         if state.finished or state.pending or not state.tracking_run_id or RunLock.is_held(run_dir):
             continue
         tracker = MlflowTracker(uri, state.tracking_run_id)
-        try:
-            status = tracker.client.get_run(state.tracking_run_id).info.status
-        except Exception:  # a run of another tracking store: not ours to mark
+        run = tracker.run()
+        if run is None or run.info.status != "RUNNING":  # None: a run of another tracking store
             continue
-        if status == "RUNNING":
+        if copied_from(tracker.client, run, run_dir, state) is None:
             tracker.finish("KILLED")
-            log.warning("run %s was interrupted after epoch %d; continue it with: aas-ray run --resume %s",
-                        run_dir.name, state.epoch_done, run_dir)
+            log.warning("%s", interrupted(run_dir))
 
 
 def serve_options(args) -> dict | None:
@@ -212,7 +355,11 @@ def train_side_by_side(configs: list[Config], uri: str, parallel: int) -> list[t
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    run_dirs = [str(start_run(one, uri)[1]) for one in configs]
+    run_dirs = []
+    for one in configs:
+        _, run_dir, lock = start_run(one, uri)
+        lock.release()  # the process that trains it takes it
+        run_dirs.append(str(run_dir))
     threads = max(1, (os.cpu_count() or 1) // parallel)
     gpus = child_gpus(visible_gpus(), parallel)
     ctx = multiprocessing.get_context("spawn")
@@ -234,6 +381,7 @@ def run_cli(args, cfg: Config, strategies: list[str]) -> int:
 
         check_workers(args.workers)  # more workers than the Ray cluster holds: an error before any run exists
     if args.resume:
+        recover_started(Path(cfg.output_dir), uri)  # a run killed while being started has its folder
         run_dir = find_run_dir(args.resume, cfg.output_dir)
         cfg = load_config(run_dir / "config.yaml")
         run_id, outcome = train_one(cfg, uri, run_dir, workers=args.workers, serve=serve_options(args))

@@ -6,6 +6,7 @@ other; the second one gets an error naming the run and the process that holds it
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -21,15 +22,24 @@ class RunLocked(InputError):
 
 
 class RunLock:
-    """``with RunLock(run_dir):`` holds ``run_dir/.lock`` exclusively, or raises :class:`RunLocked`."""
+    """``with RunLock(run_dir):`` holds ``run_dir/.lock`` exclusively, or raises :class:`RunLocked`.
+    ``acquire()`` / ``release()`` do the same by hand (a lock taken while a run folder is made
+    and handed on to the code that trains in it)."""
 
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / ".lock"
         self.fd: int | None = None
 
-    def __enter__(self) -> "RunLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    def acquire(self) -> "RunLock":
+        folder = self.path.parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            if not os.access(folder, os.W_OK):
+                raise PermissionError(errno.EACCES, "the folder is read-only")
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise InputError(f"run folder {folder} cannot be written ({err.strerror}); a run writes its state "
+                             "there: make it writable, or move it somewhere writable and resume it there") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -46,17 +56,23 @@ class RunLock:
         self.fd = fd
         return self
 
+    def __enter__(self) -> "RunLock":
+        return self if self.fd is not None else self.acquire()
+
     def holder(self) -> dict:
         try:
             return json.loads(self.path.read_text() or "{}")
         except (OSError, json.JSONDecodeError):
             return {}
 
-    def __exit__(self, *exc) -> None:
+    def release(self) -> None:
         if self.fd is not None:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
     @staticmethod
     def is_held(run_dir: Path) -> bool:
@@ -64,7 +80,7 @@ class RunLock:
         path = Path(run_dir) / ".lock"
         if not path.exists():
             return False
-        fd = os.open(path, os.O_RDWR)
+        fd = os.open(path, os.O_RDONLY)  # a lock needs no write access: a read-only folder is checked too
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             fcntl.flock(fd, fcntl.LOCK_UN)

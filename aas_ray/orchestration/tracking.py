@@ -9,6 +9,7 @@ from urllib.error import URLError
 from urllib.request import urlopen
 
 from mlflow.entities import Metric, Param
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,14 @@ class MlflowTracker:
         run = client.create_run(exp_id, run_name=run_name, tags=tags)
         return cls(uri, run.info.run_id)
 
+    @classmethod
+    def find(cls, uri: str, experiment: str, tag: str, value: str) -> "MlflowTracker | None":
+        """The run of ``experiment`` tagged ``tag`` = ``value``, if there is one."""
+        client = MlflowClient(uri)
+        exp = client.get_experiment_by_name(experiment)
+        runs = client.search_runs([exp.experiment_id], f"tags.`{tag}` = '{value}'", max_results=1) if exp else []
+        return cls(uri, runs[0].info.run_id) if runs else None
+
     def log_params(self, params: dict) -> None:
         items = [Param(k, str(v)[:6000]) for k, v in params.items()]
         for i in range(0, len(items), 100):
@@ -97,6 +106,13 @@ class MlflowTracker:
 
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status)
+
+    def run(self):
+        """The MLflow run, or None when this store does not hold it."""
+        try:
+            return self.client.get_run(self.run_id)
+        except MlflowException:
+            return None
 
     def reopen(self) -> None:
         self.client.update_run(self.run_id, status="RUNNING")

@@ -1,18 +1,31 @@
 // The annotation page: one pair at a time, answered by keyboard or buttons. The server
 // journals every answer before it replies; the next pair's images are fetched while the
-// person looks at the current one, so an answer moves on at once.
+// person looks at the current one, so an answer moves on at once. Values from the server
+// are data, never markup: nodes are built and their text set; nothing is parsed as HTML.
 "use strict";
 
 const client = sessionStorage.getItem("aas-client") ||
   (sessionStorage.setItem("aas-client", Math.random().toString(36).slice(2, 10)), sessionStorage.getItem("aas-client"));
 const $ = (id) => document.getElementById(id);
+
+function el(tag, props, ...children) {
+  const node = Object.assign(document.createElement(tag), props || {});
+  node.append(...children);
+  return node;
+}
 let current = null, upcoming = null, full = false, busy = false, lastStatus = null, viewed = [];
 
 async function api(path, body) {
   const r = await fetch("api/" + path, body === undefined ? {} :
     {method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body)});
-  if (!r.ok) throw new Error((await r.text()) || r.statusText);
+  if (!r.ok) throw new Error(await failure(r));
   return r.json();
+}
+
+async function failure(r) {
+  // the server's one-line message ({"error": ...} or {"detail": ...}), shown as text
+  const text = await r.text();
+  try { const j = JSON.parse(text); return String(j.error || j.detail || text); } catch { return text || r.statusText; }
 }
 
 function imageUrl(i, size) { return `api/image/${i}?crop=${full ? 0 : 1}&max_side=${size || 1400}`; }
@@ -94,9 +107,10 @@ async function answer(kind) {
 
 function showConflict(kind, conflicts) {
   $("conflict-answer").textContent = kind; $("conflict-pair").textContent = `${current.u} and ${current.v}`;
-  $("conflict-list").innerHTML = conflicts.map((c) =>
-    `<li><img src="${imageUrl(c.u, 120)}"><img src="${imageUrl(c.v, 120)}"> images ${c.u} and ${c.v}: ` +
-    `<b>${c.answer === "MUST_LINK" ? "same" : c.answer === "CANNOT_LINK" ? "different" : "unsure"}</b> (cycle ${c.cycle})</li>`).join("");
+  $("conflict-list").replaceChildren(...conflicts.map((c) => el("li", {},
+    el("img", {src: imageUrl(c.u, 120)}), el("img", {src: imageUrl(c.v, 120)}), ` images ${c.u} and ${c.v}: `,
+    el("b", {textContent: c.answer === "MUST_LINK" ? "same" : c.answer === "CANNOT_LINK" ? "different" : "unsure"}),
+    ` (cycle ${c.cycle})`)));
   $("conflict").hidden = false;
 }
 
@@ -127,8 +141,8 @@ async function loadContext() {
   $("cu").textContent = current.u; $("cv").textContent = current.v;
   for (const [side, img] of [["ctx-u", current.u], ["ctx-v", current.v]]) {
     const r = await api(`context/${img}`);
-    $(side).innerHTML = r.others.length ? r.others.map((j) => `<img title="image ${j}" src="${imageUrl(j, 200)}">`).join("")
-      : "<em>no other image in its group</em>";
+    $(side).replaceChildren(...(r.others.length ? r.others.map((j) => el("img", {title: `image ${j}`, src: imageUrl(j, 200)}))
+      : [el("em", {textContent: "no other image in its group"})]));
   }
 }
 
