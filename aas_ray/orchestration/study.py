@@ -34,6 +34,8 @@ class StudyConfig(BaseModel):
     cycles: int | None = Field(None, description="simulate: AL cycles (default al.cycles)")
     metric: str = Field("pair_f1", description="metric Tune ranks trials by")
     mode: Literal["max", "min"] = "max"
+    register_model: str | None = Field(
+        None, description="kind: train: register the best trial's MLflow model under this name (off by default)")
 
 
 def _first_value(space: dict):
@@ -79,6 +81,10 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> tuple[St
         for value in next(iter(space.values())):
             trial_config(base_raw, {"data.name": study.datasets[0], **first, key: value}, study,
                          source=f"{path}: search.{key} value {value!r}")
+    logs_model = trial_config(base_raw, {"data.name": study.datasets[0]}, study).tracking.log_model
+    if study.register_model and (study.kind != "train" or not logs_model):
+        raise ConfigError(f"{path}: register_model needs kind: train with tracking.log_model: true (a simulation "
+                          "trains no model)")
     if study.kind == "simulate":
         strategies = next(iter(study.search["al.strategy"].values())) if "al.strategy" in study.search else \
             [trial_config(base_raw, {"data.name": study.datasets[0]}, study).al.strategy]

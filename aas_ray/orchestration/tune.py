@@ -69,8 +69,8 @@ def run_trial(params: dict, ctx: dict) -> None:
         from aas_ray.orchestration.run import train_one
 
         cfg.tracking.run_name = f"{cfg.data.name}-{strategy}-" + "-".join(f"{k.split('.')[-1]}={v}" for k, v in swept.items())
-        _, outcome = train_one(cfg, ctx["uri"], progress=False, parent_run_id=ctx["parent"], extra_tags=tags)
-        tune.report(_numeric(outcome.final))
+        run_id, outcome = train_one(cfg, ctx["uri"], progress=False, parent_run_id=ctx["parent"], extra_tags=tags)
+        tune.report({**_numeric(outcome.final), "mlflow_run_id": run_id})
         return
     name = f"{cfg.data.name}-{strategy}-" + "-".join(f"{k.split('.')[-1]}={v}" for k, v in swept.items())
     child = MlflowTracker.create(ctx["uri"], cfg.tracking.experiment, name, tags, ctx["parent"])
@@ -267,6 +267,13 @@ def tune_cli(args) -> int:
     for err in errors:
         log.error("trial failed: %s", err)
     parent.finish("FINISHED" if not errors else "FAILED")
+    if study.register_model and done:
+        from aas_ray.orchestration.embedder import register_model
+
+        best = results.get_best_result(study.metric, study.mode).metrics["mlflow_run_id"]
+        version = register_model(uri, best, study.register_model)
+        parent.set_tag("registered_model", f"{study.register_model} version {version} (run {best})")
+        log.info("best trial's model (run %s) registered as %s version %s", best, study.register_model, version)
     log.info("study %s: %d trials completed, %d failed; parent MLflow run %s; summary in %s", study.study, done,
              len(errors), parent.run_id, out)
     for name in ("aggregate.txt", "paired.txt"):
