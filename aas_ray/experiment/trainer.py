@@ -97,8 +97,11 @@ class SpCLTrainer:
         self.journal = AnnotationJournal(self.dir / "annotations.jsonl")
         # Where the per-epoch clustering runs: here, or a Ray actor (orchestration layer).
         self.clusterer = build_views_local
-        torch.manual_seed(cfg.seed)
         self.exp = experiment or prepare_experiment(cfg, progress)
+        # Seeded after the experiment is ready: preparing it may build a backbone to fill the
+        # feature cache (drawing from torch's generator) or find the cache full, and a run must
+        # not depend on which (a fresh machine and a second run of the same seed train alike).
+        torch.manual_seed(cfg.seed)
         self.train_cat = self.exp.train_cat
         self.truth = self.exp.truth
         n = len(self.train_cat)
