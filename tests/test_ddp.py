@@ -76,20 +76,24 @@ def test_ddp_matches_single_process(tmp_path, ray_local):
     # Step 1 clusters features of the untrained backbone, gathered from both workers: the same
     # views exactly (a wrong gather order would show here). After that the processes may differ:
     # each worker normalises its half batch (8 images, 2 identities) with its own BatchNorm
-    # statistics. Measured on this 40-image split: loss within 25%, mAP within 0.15; the
-    # pseudo-labels' NMI moves by up to 0.3 between the two (one DBSCAN merge on 40 images), so
-    # for them the test asks only that DDP does not make them worse by more than 0.15.
+    # statistics, and on 40 images one DBSCAN merge more or less moves the pseudo-labels' NMI by
+    # up to 0.3. So the test asks: identical step-1 views; DDP's pseudo-labels never worse by more
+    # than 0.15 NMI; mAP within 0.15 at every evaluation; and the loss of the first epoch (trained
+    # on the same pseudo-labels by both) within 10%. Later losses are not compared: the hybrid
+    # memory's loss depends on how many clusters and un-clustered instances the epoch's views
+    # have (measured: 4 clusters + 5 outliers gave 3.31, 6 + 10 gave 4.45 on equally good labels).
     nmi1, nmi2 = series(t_single.run_id, "views/nmi"), series(t_ddp.run_id, "views/nmi")
     assert sorted(nmi1) == sorted(nmi2) and len(nmi1) >= 3
     assert nmi1[1] == pytest.approx(nmi2[1], abs=1e-9)
     for step in nmi1:
         assert nmi2[step] >= nmi1[step] - 0.15, ("views/nmi", step, nmi1[step], nmi2[step])
-    for key, close in (("train/loss", lambda a, b: abs(a - b) <= 0.25 * max(a, b)),
-                       ("eval/mAP", lambda a, b: abs(a - b) < 0.15)):
-        one, dist = series(t_single.run_id, key), series(t_ddp.run_id, key)
-        assert sorted(one) == sorted(dist) and len(one) >= 3, key
-        for step in one:
-            assert close(one[step], dist[step]), (key, step, one[step], dist[step])
+    one, dist = series(t_single.run_id, "eval/mAP"), series(t_ddp.run_id, "eval/mAP")
+    assert sorted(one) == sorted(dist) and len(one) >= 3
+    for step in one:
+        assert abs(one[step] - dist[step]) < 0.15, ("eval/mAP", step, one[step], dist[step])
+    loss1, loss2 = series(t_single.run_id, "train/loss"), series(t_ddp.run_id, "train/loss")
+    assert sorted(loss1) == sorted(loss2) and len(loss1) >= 3
+    assert abs(loss1[1] - loss2[1]) <= 0.10 * max(loss1[1], loss2[1]), (loss1[1], loss2[1])
 
 
 def test_human_oracle_under_ddp_pauses_every_worker_and_resumes(tmp_path, ray_local):
