@@ -92,12 +92,15 @@ def cmd_simulate(args) -> int:
         exp = prepare_experiment(cfg)
         x, truth, name = exp.train_features, exp.truth, cfg.data.name
     out = Path(args.out) if args.out else Path(cfg.output_dir) / f"simulate-{name}"
-    table = simulate(x, truth, cfg, strategies, args.cycles, out)  # makes ``out`` once the inputs pass
+    # makes ``out`` once the inputs pass
+    table = simulate(x, truth, cfg, strategies, args.cycles, out, pairs_of=args.pairs_of)
     table.to_csv(out / "cycles.csv", index=False)
     cols = [c for c in ("strategy", "cycle", "pairs_asked", "ml_cl_ratio", "utilised_budget", "regions", "U_os",
                         "U_us", "nmi", "ari", "pair_f1", "clusters", "outliers") if c in table.columns]
     with pd.option_context("display.width", 200, "display.max_columns", 20):
-        print(f"dataset {name}: n={x.shape[0]}, budget {table.attrs['budget_per_cycle']} pairs per cycle")
+        print(f"dataset {name}: n={x.shape[0]}, budget {table.attrs['budget_per_cycle']} pairs per cycle"
+              + (f"; at equal pairs asked: each strategy asks, per cycle, at most what {args.pairs_of} asked"
+                 if args.pairs_of else ""))
         print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     log.info("cycle table, asked pairs and annotation journals written to %s", out)
     return 0
@@ -246,6 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--strategies", default="aas,random", help="comma-separated samplers to compare")
     s.add_argument("--cycles", type=int, help="AL cycles (default: al.cycles)")
     s.add_argument("--out", help="output folder (default: <output_dir>/simulate-<dataset>)")
+    s.add_argument("--pairs-of", metavar="STRATEGY",
+                   help="compare at equal pairs asked: every other strategy asks, per cycle, as many pairs as "
+                        "STRATEGY did (e.g. aas, whose pools may run dry below the budget)")
     s.set_defaults(func=cmd_simulate)
 
     r = sub.add_parser("run", help="train SpCL with AL cycles (the main job), logged to MLflow")

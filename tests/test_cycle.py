@@ -151,3 +151,24 @@ def test_cosine_similarity_path_gives_over_segmentation_pairs():
     sim = pair_similarity("cosine", views, x)
     pairs = np.array([[0, 1], [2, 3]])
     np.testing.assert_allclose(sim(pairs), np.clip(np.einsum("ij,ij->i", x[[0, 2]], x[[1, 3]]), 0, 1), rtol=1e-6)
+
+
+def test_simulate_at_equal_pairs_gives_every_strategy_what_aas_asked(data):
+    from aas_ray.checks import InputError
+    from aas_ray.experiment.simulate import simulate
+
+    x, y, views = data
+    cfg = cfg_with("al.budget_pairs=3000", "al.cycles=2")  # more than AAS's pools hold
+    free = simulate(x, y, cfg, ("aas", "random", "uncertainty"), views=views)
+    equal = simulate(x, y, cfg, ("random", "aas", "uncertainty"), views=views, pairs_of="aas")
+    asked = {s: t.set_index("cycle")["pairs_asked"] for s, t in equal[equal.cycle > 0].groupby("strategy")}
+    dry = free[(free.strategy == "aas") & (free.cycle > 0)].set_index("cycle")["pairs_asked"]
+    assert (dry < 3000).all()  # AAS's pools ran dry below the budget ...
+    assert free[(free.strategy == "random") & (free.cycle == 1)]["pairs_asked"].item() == 3000  # ... random's did not
+    assert asked["aas"].equals(dry)  # the reference itself is unchanged
+    for other in ("random", "uncertainty"):
+        assert (asked[other] == asked["aas"]).all(), other
+        assert (equal[(equal.strategy == other) & (equal.cycle > 0)]["budget"] == asked["aas"].to_numpy()).all()
+    assert equal.strategy.iloc[0] == "aas"  # the reference runs first
+    with pytest.raises(InputError, match="--pairs-of 'nearest'"):
+        simulate(x, y, cfg, ("aas", "random"), views=views, pairs_of="nearest")

@@ -171,8 +171,10 @@ class ALCycle:
             already = sum(1 for a in self.store.annotations if a.cycle == c)
         return max(self.cfg.al.cycle_budget(self.n) - already, 0)
 
-    def run(self, c: int, x: np.ndarray, views: ClusterViews) -> CycleOutcome:
-        budget = self.budget_left(c)
+    def run(self, c: int, x: np.ndarray, views: ClusterViews, cap: int | None = None) -> CycleOutcome:
+        """One cycle; ``cap`` limits it to at most that many pairs (a comparison at equal pairs
+        asked gives every strategy what the reference strategy asked in the same cycle)."""
+        budget = self.budget_left(c) if cap is None else min(self.budget_left(c), int(cap))
         sim = pair_similarity(self.cfg.cluster.similarity, views, x)
         g = views.graph
         prop = self.sampler.propose(Views(x, views.labels_a, views.labels_b, sim, g.knn_idx, g.knn_sim, g, views.eps),

@@ -32,11 +32,15 @@ def quality(views: ClusterViews, store: ConstraintStore, x: np.ndarray, truth: n
 
 
 def simulate(x: np.ndarray, truth: np.ndarray, cfg, strategies=("aas", "random"), cycles: int | None = None,
-             out_dir: Path | None = None, views: ClusterViews | None = None) -> pd.DataFrame:
+             out_dir: Path | None = None, views: ClusterViews | None = None,
+             pairs_of: str | None = None) -> pd.DataFrame:
     """Per strategy and cycle: pseudo-label quality after NP3, regions, pools, yields, budget.
 
     ``none`` is the reference (view A with no answers). With ``out_dir`` each strategy's
     answers (``annotations-<s>.jsonl``) and asked pairs (``pairs-<s>.csv``) are written there.
+    ``pairs_of`` names a strategy that runs first; every other strategy then asks, in each
+    cycle, at most as many pairs as it did: the comparison at equal pairs asked, for a
+    strategy whose pools run dry below the budget (docs/method.md §7).
     """
     x = unit_features(x)
     truth = np.asarray(truth)
@@ -48,12 +52,18 @@ def simulate(x: np.ndarray, truth: np.ndarray, cfg, strategies=("aas", "random")
     if bad:
         raise InputError(f"strategy {bad[0]!r} cannot be simulated on frozen features; use one of "
                          f"{(*SAMPLED, 'none')} (the supervised skyline needs training: aas-ray run)")
+    if pairs_of is not None and (pairs_of not in strategies or pairs_of == "none"):
+        raise InputError(f"--pairs-of {pairs_of!r} must be one of the sampling strategies compared, "
+                         f"{tuple(s for s in strategies if s != 'none')}")
+    if pairs_of is not None:
+        strategies = [pairs_of, *(s for s in strategies if s != pairs_of)]
     n = x.shape[0]
     cycles = cfg.al.cycles if cycles is None else cycles
     views = views or build_views(x, **cfg.cluster.view_params())
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)  # only once the inputs have passed
     rows = []
+    caps: dict[int, int] = {}
     for strategy in strategies:
         store = ConstraintStore(n)
         rows.append({"strategy": strategy, "cycle": 0, "pairs_asked": 0, "must_link": 0, "cannot_link": 0,
@@ -71,13 +81,16 @@ def simulate(x: np.ndarray, truth: np.ndarray, cfg, strategies=("aas", "random")
         al = ALCycle(one, n, store, np.random.default_rng(cfg.seed),
                      SimulatedOracle(truth, cfg.al.oracle_noise, cfg.seed), journal, pairs_log)
         for c in range(1, cycles + 1):
-            row = al.run(c, x, views).row
+            row = al.run(c, x, views, caps.get(c)).row
+            if strategy == pairs_of:
+                caps[c] = row["pairs_asked"]
             q = quality(views, store, x, truth)
             rows.append({"strategy": strategy, **row, **q})
             log.info("%s cycle %d: asked %d, NMI %.4f, ARI %.4f, pair F1 %.4f", strategy, c, row["pairs_asked"],
                      q["nmi"], q["ari"], q["pair_f1"])
     table = pd.DataFrame(rows)
     table.attrs["budget_per_cycle"] = cfg.al.cycle_budget(n)
+    table.attrs["pairs_of"] = pairs_of
     return table
 
 
