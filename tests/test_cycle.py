@@ -20,7 +20,7 @@ def cfg_with(*sets):
 @pytest.fixture(scope="module")
 def data():
     x, y = mixture(300, 16, 30, spread=0.9, seed=3)
-    return x, y, build_views(x, k1=15, k2=4)
+    return x, y, build_views(x, k1=15, k2=4, eps=0.6, finch_partition="auto")
 
 
 def test_budget_pairs_and_budget_fraction_are_exclusive():
