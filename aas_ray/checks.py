@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from aas_ray.errors import AasRayError
 
-class InputError(ValueError):
+
+class InputError(AasRayError, ValueError):
     """Bad user input (features, labels, constraints, catalogues), with a message naming it."""
 
 

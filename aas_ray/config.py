@@ -17,13 +17,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from aas_ray.al import list_strategies, strategy_entry, strategy_params
 from aas_ray.cluster import build_views
+from aas_ray.errors import AasRayError
 
 # The library holds the defaults (its signatures); the configuration refers to them.
 VIEW_DEFAULTS = {k: p.default for k, p in inspect.signature(build_views).parameters.items()
                  if p.default is not inspect.Parameter.empty}
 
 
-class ConfigError(ValueError):
+class ConfigError(AasRayError, ValueError):
     """A configuration that cannot be used, with the offending key named."""
 
 

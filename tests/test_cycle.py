@@ -8,7 +8,7 @@ import pytest
 from aas_ray.al import ConstraintStore, SimulatedOracle
 from aas_ray.cluster import ClusterViews, build_views, jaccard_graph
 from aas_ray.config import ConfigError, load_config
-from aas_ray.experiment.annotations import AnnotationJournal
+from aas_ray.experiment.journal import AnnotationJournal
 from aas_ray.experiment.cycle import ALCycle, explain, pair_similarity, pool_yield
 from conftest import mixture
 

@@ -21,7 +21,7 @@ from aas_ray.al import (ConstraintStore, SamplerInput, SimulatedOracle, config_k
                         make_sampler, total_pairs)
 from aas_ray.al.constraints import Answer
 from aas_ray.cluster import ClusterViews
-from aas_ray.experiment.annotations import AnnotationJournal
+from aas_ray.experiment.journal import AnnotationJournal
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, field_validator
 
 from aas_ray.checks import InputError
-from aas_ray.experiment.annotation import AnnotationSession
+from aas_ray.orchestration.annotate.session import AnnotationSession
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
