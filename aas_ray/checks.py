@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from aas_ray.errors import AasRayError
 
-class InputError(ValueError):
+
+class InputError(AasRayError, ValueError):
     """Bad user input (features, labels, constraints, catalogues), with a message naming it."""
 
 
@@ -73,3 +75,25 @@ def pair_array(pairs, n: int, name: str) -> np.ndarray:
     if same.any():
         raise InputError(f"{name} pairs an image with itself: {p[same][:5].tolist()}")
     return p
+
+
+def check_param(owner: str, name: str, value, low=None, high=None, *, low_open: bool = False,
+                integer: bool = False) -> None:
+    """Refuse a parameter outside ``[low, high]`` (``(low, high]`` with ``low_open``) or, with
+    ``integer``, not an integer, in one line naming it: ``AASSampler: epsilon must be in [0, 1];
+    got 5``."""
+    ok = isinstance(value, (int, np.integer)) if integer else isinstance(value, (int, float, np.number))
+    ok = ok and not isinstance(value, bool) and bool(np.isfinite(value))
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value <= high
+    if not ok:
+        kind = "an integer" if integer else "a number"
+        if low is not None and high is not None:
+            where = f" in {'(' if low_open else '['}{low}, {high}]"
+        elif low is not None:
+            where = f" {'>' if low_open else '>='} {low}"
+        else:
+            where = ""
+        raise InputError(f"{owner}: {name} must be {kind}{where}; got {value!r}")

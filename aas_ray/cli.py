@@ -140,7 +140,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_annotate(args) -> int:
-    from aas_ray.experiment.annotation import AnnotationSession
+    from aas_ray.orchestration.annotate.session import AnnotationSession
     from aas_ray.orchestration.annotate.server import serve
     from aas_ray.orchestration.run import find_run_dir
     from aas_ray.orchestration.runlock import RunLock
@@ -173,7 +173,7 @@ def cmd_match(args) -> int:
 
 def cmd_report(args) -> int:
     from aas_ray.orchestration.report import build_report
-    from aas_ray.orchestration.tracking import check_tracking_uri, resolve_tracking_uri
+    from aas_ray.orchestration.mlflow_tracking import check_tracking_uri, resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri, None)
     check_tracking_uri(uri)
@@ -322,15 +322,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
-    from aas_ray.checks import InputError
-    from aas_ray.config import ConfigError
-    from aas_ray.data import DatasetError
-    from aas_ray.models import ModelError
-    from aas_ray.orchestration.tracking import TrackingError
+    from aas_ray.errors import AasRayError
 
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, DatasetError, InputError, ModelError, TrackingError, FileNotFoundError) as err:
+    except (AasRayError, FileNotFoundError) as err:
         log.error("%s", err)
         return 2
     except KeyboardInterrupt:

@@ -8,14 +8,23 @@ same validation.
 from __future__ import annotations
 
 import copy
+import inspect
 from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from aas_ray.al import list_strategies, strategy_entry, strategy_params
+from aas_ray.cluster import build_views
+from aas_ray.errors import AasRayError
 
-class ConfigError(ValueError):
+# The library holds the defaults (its signatures); the configuration refers to them.
+VIEW_DEFAULTS = {k: p.default for k, p in inspect.signature(build_views).parameters.items()
+                 if p.default is not inspect.Parameter.empty}
+
+
+class ConfigError(AasRayError, ValueError):
     """A configuration that cannot be used, with the offending key named."""
 
 
@@ -64,30 +73,30 @@ class ModelConfig(_Strict):
 
 
 class ClusterConfig(_Strict):
-    k1: int = Field(30, ge=2)
-    k2: int = Field(6, ge=1)
+    k1: int = Field(VIEW_DEFAULTS["k1"], ge=2)
+    k2: int = Field(VIEW_DEFAULTS["k2"], ge=1)
     jaccard_min_sim: float = Field(
-        0.01, ge=0.0, lt=1.0, description="drop Jaccard pairs below this sim (0 = keep all, as SpCL)"
+        VIEW_DEFAULTS["jaccard_min_sim"], ge=0.0, lt=1.0, description="drop Jaccard pairs below this sim (0 = keep all, as SpCL)"
     )
     eps: float | Literal["auto"] = Field(
-        "auto", description="DBSCAN radius on d_J, in (0, 1); 'auto' = the radius giving the most clusters "
+        VIEW_DEFAULTS["eps"], description="DBSCAN radius on d_J, in (0, 1); 'auto' = the radius giving the most clusters "
         "(SpCL and the paper: 0.6)")
-    eps_gap: float = Field(0.02, ge=0.0, description="self-paced criterion: DBSCAN at eps ± gap")
-    min_samples: int = Field(4, ge=1)
+    eps_gap: float = Field(VIEW_DEFAULTS["eps_gap"], ge=0.0, description="self-paced criterion: DBSCAN at eps ± gap")
+    min_samples: int = Field(VIEW_DEFAULTS["min_samples"], ge=1)
     view_a: Literal["dbscan", "hdbscan"] = Field(
-        "dbscan", description="view A's clustering of d_J: DBSCAN at cluster.eps (SpCL, the paper), or HDBSCAN "
+        VIEW_DEFAULTS["view_a"], description="view A's clustering of d_J: DBSCAN at cluster.eps (SpCL, the paper), or HDBSCAN "
         "(no radius; groups of every density, docs/method.md §2)")
-    hdbscan_min_cluster_size: int = Field(2, ge=2, description="view_a: hdbscan: fewest images in a cluster")
-    hdbscan_min_samples: int = Field(2, ge=1, description="view_a: hdbscan: neighbours (self included) of a core image")
+    hdbscan_min_cluster_size: int = Field(VIEW_DEFAULTS["hdbscan_min_cluster_size"], ge=2, description="view_a: hdbscan: fewest images in a cluster")
+    hdbscan_min_samples: int = Field(VIEW_DEFAULTS["hdbscan_min_samples"], ge=1, description="view_a: hdbscan: neighbours (self included) of a core image")
     finch_partition: Literal["auto"] | int = Field(
-        0, description="FINCH level of view B: 0 = finest; 'auto' = the level whose cluster count is closest "
+        VIEW_DEFAULTS["finch_partition"], description="FINCH level of view B: 0 = finest; 'auto' = the level whose cluster count is closest "
         "to view A's")
     knn: Literal["auto", "exact", "ivf", "hnsw"] = Field(
-        "auto", description="kNN search: exact, IVF, HNSW, or auto (exact up to knn_exact_up_to images; above, IVF, "
+        VIEW_DEFAULTS["knn"], description="kNN search: exact, IVF, HNSW, or auto (exact up to knn_exact_up_to images; above, IVF, "
         "or HNSW when the IVF would scan over 1/32 of the images)")
-    knn_exact_up_to: int = Field(20_000, ge=2, description="auto: exact search up to this many images")
+    knn_exact_up_to: int = Field(VIEW_DEFAULTS["knn_exact_up_to"], ge=2, description="auto: exact search up to this many images")
     knn_recall: float = Field(
-        0.999, gt=0.0, le=1.0, description="IVF/HNSW: recall@k1 to reach, measured on sampled queries "
+        VIEW_DEFAULTS["knn_recall"], gt=0.0, le=1.0, description="IVF/HNSW: recall@k1 to reach, measured on sampled queries "
         "(0.99 let a DBSCAN view drift to ARI 0.986 against exact kNN)")
     similarity: Literal["jaccard", "cosine"] = "jaccard"
 
@@ -104,22 +113,24 @@ class ClusterConfig(_Strict):
         return v
 
 
-# ``supervised`` is the skyline: the ground-truth identities of the training images as labels.
-# ``lbas`` / ``gbas`` are reconstructions of He et al.'s samplers (docs/method.md §15).
-Strategy = Literal["none", "random", "aas", "nis", "farthest-nearest", "uncertainty", "nearest", "lbas", "gbas",
-                   "supervised"]
+# Strategies besides the registered samplers: plain SpCL, and the skyline (the ground-truth
+# identities of the training images as labels).
+TRAINING_ONLY = {"none": "plain SpCL", "supervised": "the skyline: the true identities as labels"}
+STRATEGIES = ("none", *list_strategies(), "supervised")
+Strategy = Literal[STRATEGIES]
+_AAS, _NIS = strategy_params("aas"), strategy_params("nis")
 DEFAULT_BUDGET_FRACTION = 0.0002
 
 
 class ALConfig(_Strict):
     strategy: Strategy = Field(
-        "aas", description="none (plain SpCL) | random | aas | supervised (the skyline) | the baselines of "
-        "docs/method.md §14-15 (nis, farthest-nearest, uncertainty, nearest; lbas, gbas: reconstructions); "
-        "`aas-ray run --strategies` and studies run several side by side")
-    epsilon: float = Field(0.6, ge=0.0, le=1.0, description="Eq. 6 mixture weight of U_os")
-    k_max: int = Field(5, ge=1)
-    s_min: float = Field(0.3, ge=0.0, le=1.0)
-    pi: tuple[float, float, float] | None = Field(None, description="type prior (β1, β2, β3); None = uniform")
+        "aas", description=" | ".join(f"{s}: {TRAINING_ONLY[s] if s in TRAINING_ONLY else strategy_entry(s).description}"
+                                      for s in STRATEGIES) + " (docs/method.md §14-15); `aas-ray run --strategies` "
+        "and studies run several side by side")
+    epsilon: float = Field(_AAS["epsilon"], ge=0.0, le=1.0, description="Eq. 6 mixture weight of U_os")
+    k_max: int = Field(_AAS["k_max"], ge=1)
+    s_min: float = Field(_AAS["s_min"], ge=0.0, le=1.0)
+    pi: tuple[float, float, float] | None = Field(_AAS["pi"], description="type prior (β1, β2, β3); None = uniform")
     budget_fraction: float | None = Field(
         None, ge=0.0, le=1.0, description=f"pairs per cycle / all pairs (default {DEFAULT_BUDGET_FRACTION})")
     budget_pairs: int | None = Field(None, ge=0, description="pairs per cycle, instead of budget_fraction")
@@ -128,9 +139,9 @@ class ALConfig(_Strict):
         "ask what earlier cycles left")
     cycles: int = Field(5, ge=0)
     every: int = Field(10, ge=1, description="epochs between AL cycles")
-    nis_tau: float = Field(0.5, gt=0.0, description="NIS: temperature of the neighbour softmax (Perez et al.: 0.5)")
+    nis_tau: float = Field(_NIS["tau"], gt=0.0, description="NIS: temperature of the neighbour softmax (Perez et al.: 0.5)")
     nis_neighbours: int | None = Field(
-        None, ge=1, description="NIS: neighbours drawn per sampled vertex; null = the reference's allocation, "
+        _NIS["neighbours"], ge=1, description="NIS: neighbours drawn per sampled vertex; null = the reference's allocation, "
         "round(sqrt(B)) - 1 for a budget of B pairs (docs/method.md §14)")
     oracle: Literal["simulated", "human"] = "simulated"
     oracle_noise: float = Field(0.0, ge=0.0, le=1.0)

@@ -48,7 +48,7 @@ def embeddings(n: int, d: int, seed: int = 0):
 def run_one(n: int, d: int, use_gpu: bool | None, min_sim: float = 0.01) -> dict:
     from memwatch import StageTimer, rss_bytes
 
-    from aas_ray.al import AASSampler, ConstraintStore, SimulatedOracle, Views, cycle_budget, np3
+    from aas_ray.al import AASSampler, ConstraintStore, SimulatedOracle, SamplerInput, cycle_budget, np3
     from aas_ray.al.pools import (
         disagreement_counts, over_segmentation_pool, region_medoids, under_segmentation_pool,
     )
@@ -75,7 +75,7 @@ def run_one(n: int, d: int, use_gpu: bool | None, min_sim: float = 0.01) -> dict
     store = ConstraintStore(n)
     oracle = SimulatedOracle(y)
     budget = cycle_budget(n, 0.0002)
-    prop = AASSampler().propose(Views(x, a, b, g.pair_sim), store, budget, np.random.default_rng(0))
+    prop = AASSampler().propose(SamplerInput(x, a, b, g.pair_sim), store, budget, np.random.default_rng(0))
     for (u, v), ans in zip(prop.draw.pairs, oracle.answer(prop.draw.pairs)):
         store.add(u, v, ans)
     ml, cl = store.must_links(), store.cannot_links()

@@ -55,7 +55,7 @@ def structured_embeddings(n: int, d: int, seed: int = 0) -> tuple[np.ndarray, np
 
 
 def cycle(x: np.ndarray, y: np.ndarray, knn: str, st, recall: float) -> dict:
-    from aas_ray.al import AASSampler, ConstraintStore, SimulatedOracle, Views
+    from aas_ray.al import AASSampler, ConstraintStore, SimulatedOracle, SamplerInput
     from aas_ray.cluster.finch import finch_levels
     from aas_ray.cluster.jaccard import jaccard_graph
     from aas_ray.cluster.knn import knn_search
@@ -75,7 +75,7 @@ def cycle(x: np.ndarray, y: np.ndarray, knn: str, st, recall: float) -> dict:
         b = parts[:, choose_partition(counts, 0, 1)]
     budget = int(np.ceil(0.0002 * n * (n - 1) / 2))
     store, oracle, rng = ConstraintStore(n), SimulatedOracle(y), np.random.default_rng(0)
-    views = Views(x, a, b, g.pair_sim)
+    views = SamplerInput(x, a, b, g.pair_sim)
     first = AASSampler().propose(views, store, budget, rng)  # cycle 1's answers: NP3 has work
     for (u, v), ans in zip(first.draw.pairs, oracle.answer(first.draw.pairs)):
         store.add(int(u), int(v), int(ans), 1)

@@ -91,10 +91,10 @@ def reference_runs(ref, sim: np.ndarray, labels: np.ndarray, tau: float, n_v: in
 
 
 def our_runs(x: np.ndarray, labels: np.ndarray, tau: float, draws: int, budget: int, seeds) -> tuple[list, float]:
-    from aas_ray.al import ConstraintStore, SimulatedOracle, Views
+    from aas_ray.al import ConstraintStore, SimulatedOracle, SamplerInput
 
     n = x.shape[0]
-    views = Views(x, np.full(n, -1), np.full(n, -1), None)
+    views = SamplerInput(x, np.full(n, -1), np.full(n, -1), None)
     oracle = SimulatedOracle(labels)
     out, no_match = [], []
     for seed in seeds:
@@ -102,9 +102,9 @@ def our_runs(x: np.ndarray, labels: np.ndarray, tau: float, draws: int, budget: 
         prop = NISSampler(tau=tau, neighbours=draws).propose(views, store, budget, np.random.default_rng(seed))
         for (u, v), a in zip(prop.draw.pairs, oracle.answer(prop.draw.pairs)):
             store.add(int(u), int(v), int(a))
-        est, ci, _ = NISSampler.estimate(prop.stats["nis_samples"], store)
+        est, ci, _ = NISSampler.estimate(prop.drawn, store)
         out.append((est, ci))
-        no_match += [not (labels[nb[nb != v]] == labels[v]).any() for v, nb, *_ in prop.stats["nis_samples"]]
+        no_match += [not (labels[nb[nb != v]] == labels[v]).any() for v, nb, *_ in prop.drawn]
     return out, float(np.mean(no_match))
 
 

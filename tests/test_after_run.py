@@ -255,7 +255,7 @@ def test_model_is_logged_and_loads_in_a_fresh_process(finished):
 
 @pytest.mark.slow
 def test_individuals_csv_summary_and_mlflow_record(finished, capsys):
-    from aas_ray.experiment.annotations import AnnotationJournal
+    from aas_ray.experiment.journal import AnnotationJournal
 
     tmp, run_dir = finished
     client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
@@ -363,7 +363,7 @@ def test_a_model_that_cannot_be_exported_is_reported_and_a_resumed_run_logs_none
 
     from aas_ray.config import load_config
     from aas_ray.orchestration.embedder import log_embedder, logged_model_uri
-    from aas_ray.orchestration.tracking import MlflowTracker
+    from aas_ray.orchestration.mlflow_tracking import MlflowTracker
 
     tmp, run_dir = finished
     uri = f"sqlite:///{tmp / 'mlflow.db'}"

@@ -235,7 +235,7 @@ def test_only_catalogue_images_are_served(run_dir):
 def test_the_page_needs_the_token_off_loopback(run_dir):
     from fastapi.testclient import TestClient
 
-    from aas_ray.experiment.annotation import AnnotationSession
+    from aas_ray.orchestration.annotate.session import AnnotationSession
     from aas_ray.orchestration.annotate.server import create_app
 
     app = create_app(AnnotationSession(run_dir), token="sekrit", host="10.1.2.3", port=8700)
@@ -385,7 +385,7 @@ def test_only_its_own_host_and_origin_are_answered(run_dir, browser):
 def test_host_names_follow_the_address_given(run_dir):
     from fastapi.testclient import TestClient
 
-    from aas_ray.experiment.annotation import AnnotationSession
+    from aas_ray.orchestration.annotate.session import AnnotationSession
     from aas_ray.orchestration.annotate.server import create_app
 
     session = AnnotationSession(run_dir)

@@ -4,12 +4,12 @@ on a hand-made case."""
 import numpy as np
 import pytest
 
-from aas_ray.al import ConstraintStore, SimulatedOracle, Views, make_sampler
+from aas_ray.al import ConstraintStore, SamplerInput, SimulatedOracle, list_strategies, make_sampler
 from aas_ray.al.baselines import NISSampler, farthest_point_order, nis_draws
 from aas_ray.cluster import build_views
 from conftest import mixture
 
-BASELINES = ["nis", "farthest-nearest", "uncertainty", "nearest", "lbas", "gbas"]
+BASELINES = [s for s in list_strategies() if s not in ("aas", "random")]
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +17,7 @@ def views():
     x, y = mixture(300, 16, 30, spread=0.8, seed=3)
     v = build_views(x, k1=15, k2=4, eps="auto")
     g = v.graph
-    return x, y, Views(x, v.labels_a, v.labels_b, g.pair_sim, g.knn_idx, g.knn_sim, g, v.eps)
+    return x, y, SamplerInput.of_clustering(x, v, v.graph.pair_sim)
 
 
 def cycles(strategy, y, views, budget, seed=0, n_cycles=3):
@@ -57,7 +57,7 @@ def test_nearest_asks_the_most_similar_open_pairs_first():
     from aas_ray.cluster.knn import knn_search
 
     sims, idx = knn_search(x, 5)
-    v = Views(x, np.full(5, -1), np.full(5, -1), None, idx, sims)
+    v = SamplerInput(x, np.full(5, -1), np.full(5, -1), None, idx, sims)
     store = ConstraintStore(5)
     first = make_sampler("nearest").propose(v, store, 2, np.random.default_rng(0)).draw.pairs.tolist()
     assert first == [[0, 1], [2, 3]]
@@ -81,7 +81,7 @@ def test_uncertainty_asks_pairs_closest_to_the_radius():
     g = JaccardGraph(sp.csr_matrix((np.array(vals, np.float32), (rows, cols)), shape=(4, 4)),
                      np.zeros((4, 1), np.int64), np.zeros((4, 1), np.float32))
     x = square([[1, 0], [0, 1], [1, 1], [1, -1]])
-    v = Views(x, np.zeros(4, int), np.zeros(4, int), g.pair_sim, jaccard=g, eps=0.6)
+    v = SamplerInput(x, np.zeros(4, int), np.zeros(4, int), g.pair_sim, jaccard=g, eps=0.6)
     got = make_sampler("uncertainty").propose(v, ConstraintStore(4), 3, np.random.default_rng(0)).draw.pairs.tolist()
     assert got == [[0, 2], [2, 3], [1, 2]]  # |d - 0.6| = 0.02, 0.02, 0.15
 
@@ -94,7 +94,7 @@ def test_farthest_in_and_nearest_out_of_each_cluster():
     x = square([[1, 0], [0.9, 0.45], [0.6, 0.8], [0.3, 0.95], [-0.2, 1]])
     sims, idx = knn_search(x, 5)
     labels = np.array([0, 0, 0, 1, 1])
-    v = Views(x, labels, labels, None, idx, sims)
+    v = SamplerInput(x, labels, labels, None, idx, sims)
     got = {tuple(p) for p in make_sampler("farthest-nearest").propose(v, ConstraintStore(5), 10,
                                                                       np.random.default_rng(0)).draw.pairs.tolist()}
     assert got == {(0, 2), (2, 3), (3, 4)}
@@ -111,7 +111,7 @@ def test_nis_prefers_images_with_few_look_alikes_and_estimates_the_count():
     from aas_ray.cluster.knn import knn_search
 
     sims, idx = knn_search(x, 10)
-    v = Views(x, np.full(y.size, -1), np.full(y.size, -1), None, idx, sims)
+    v = SamplerInput(x, np.full(y.size, -1), np.full(y.size, -1), None, idx, sims)
     oracle = SimulatedOracle(y)
     estimates, covered = [], 0
     for seed in range(30):
@@ -120,12 +120,12 @@ def test_nis_prefers_images_with_few_look_alikes_and_estimates_the_count():
         prop = sampler.propose(v, store, 200, np.random.default_rng(seed))
         for (a, b), ans in zip(prop.draw.pairs, oracle.answer(prop.draw.pairs)):
             store.add(int(a), int(b), int(ans))
-        est, ci, used = NISSampler.estimate(prop.stats["nis_samples"], store)
+        est, ci, used = NISSampler.estimate(prop.drawn, store)
         assert used > 0
         estimates.append(est)
         covered += abs(est - 30) <= ci
         if seed == 0:  # vertices: small groups drawn far more often per image than big ones
-            verts = np.array([s[0] for s in prop.stats["nis_samples"]])
+            verts = np.array([s[0] for s in prop.drawn])
             assert np.isin(verts, np.flatnonzero(np.repeat(sizes, sizes) == 2)).mean() > 0.6
     assert abs(np.mean(estimates) - 30) < 1  # a sharp proposal: n̄ ≈ the group size, little bias
     assert covered >= 24  # the 95 % interval covers the truth most of the time
@@ -135,9 +135,9 @@ def test_nis_allocates_the_budget_as_the_reference():
     # N_v = N_n = round(√B): 9 draws besides the vertex for B = 100, so ceil(100 / 9) vertices
     assert nis_draws(100) == 9 and nis_draws(1) == 1 and nis_draws(0) == 1
     x, y = mixture(120, 8, 12, spread=0.5, seed=1)
-    v = Views(x, np.full(120, -1), np.full(120, -1), None)
+    v = SamplerInput(x, np.full(120, -1), np.full(120, -1), None)
     prop = NISSampler(tau=0.05).propose(v, ConstraintStore(120), 100, np.random.default_rng(0))
-    samples = prop.stats["nis_samples"]
+    samples = prop.drawn
     assert len(samples) == 12 and all(s[1].size == 9 for s in samples)
     drawn_self = sum(int((s[1] == s[0]).sum()) for s in samples)
     assert drawn_self > 0  # at τ 0.05 a vertex often draws itself: that asks nothing
@@ -180,7 +180,7 @@ BAS_LABELS = np.array([0, 0, 0, 0, 1, 1, 1, -1, 2, 2, 2])
 
 def bas_views():
     x = arc(BAS_ANGLES)
-    return Views(x, BAS_LABELS, BAS_LABELS, None)
+    return SamplerInput(x, BAS_LABELS, BAS_LABELS, None)
 
 
 def test_farthest_point_order_starts_farthest_from_the_mean():
@@ -226,7 +226,7 @@ def test_gbas_takes_anchors_in_one_global_farthest_point_order_lbas_cluster_by_c
     # LBAS gives each cluster its anchors in turn
     x = arc([0, 40, 80, 120, 160, 270, 271, 272])
     labels = np.array([0, 0, 0, 0, 0, 1, 1, 1])
-    v = Views(x, labels, labels, None)
+    v = SamplerInput(x, labels, labels, None)
     g = make_sampler("gbas").propose(v, ConstraintStore(8), 8, np.random.default_rng(0)).draw
     assert anchors(g) == [4, 0, 5, 2] == list(farthest_point_order(x))[:4]
     assert list(g.pool) == ["pos", "neg"] * 4

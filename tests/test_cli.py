@@ -114,3 +114,24 @@ def test_a_csv_catalogue_lacking_a_column_is_named(tmp_path, caplog):
     assert main(["evaluate", *tiny_sets(tmp_path), "--set", "data.name=csv", "--set", f"data.csv={csv}"]) == 2
     assert f"catalogue CSV {csv} lacks column(s) ['identity']" in caplog.text
     assert not (tmp_path / "runs").exists()
+
+
+def test_every_user_facing_error_has_the_one_base_the_cli_catches(tmp_path, caplog):
+    from aas_ray.al import ContradictionError
+    from aas_ray.checks import InputError
+    from aas_ray.config import ConfigError
+    from aas_ray.data import DatasetError
+    from aas_ray.data.images import ImageLoadError
+    from aas_ray.errors import AasRayError
+    from aas_ray.experiment.checkpoint import NoSpaceLeft
+    from aas_ray.models import ModelError
+    from aas_ray.orchestration.mlflow_tracking import TrackingError
+    from aas_ray.orchestration.runlock import RunLocked
+
+    for cls in (InputError, ConfigError, DatasetError, ImageLoadError, ModelError, TrackingError, RunLocked,
+                NoSpaceLeft, ContradictionError):
+        assert issubclass(cls, AasRayError), cls
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("al:\n  epsilon: 7\n")
+    assert main(["simulate", "--config", str(bad)]) == 2
+    assert "'al.epsilon'" in caplog.text

@@ -3,7 +3,7 @@ import pytest
 
 from aas_ray.al import Answer, ConstraintStore, ContradictionError, SimulatedOracle
 from aas_ray.checks import InputError
-from aas_ray.experiment.annotations import AnnotationJournal
+from aas_ray.experiment.journal import AnnotationJournal
 
 
 def test_implied_answers():

@@ -8,7 +8,7 @@ import pytest
 from aas_ray.al import ConstraintStore, SimulatedOracle
 from aas_ray.cluster import ClusterViews, build_views, jaccard_graph
 from aas_ray.config import ConfigError, load_config
-from aas_ray.experiment.annotations import AnnotationJournal
+from aas_ray.experiment.journal import AnnotationJournal
 from aas_ray.experiment.cycle import ALCycle, explain, pair_similarity, pool_yield
 from conftest import mixture
 
@@ -20,7 +20,7 @@ def cfg_with(*sets):
 @pytest.fixture(scope="module")
 def data():
     x, y = mixture(300, 16, 30, spread=0.9, seed=3)
-    return x, y, build_views(x, k1=15, k2=4)
+    return x, y, build_views(x, k1=15, k2=4, eps=0.6, finch_partition="auto")
 
 
 def test_budget_pairs_and_budget_fraction_are_exclusive():

@@ -46,7 +46,7 @@ def test_ddp_matches_single_process(tmp_path, ray_local):
 
     from aas_ray.experiment.trainer import SpCLTrainer
     from aas_ray.orchestration.ddp import train_distributed
-    from aas_ray.orchestration.tracking import MlflowTracker
+    from aas_ray.orchestration.mlflow_tracking import MlflowTracker
 
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     cfg = config(tmp_path, 3)

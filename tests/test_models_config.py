@@ -21,6 +21,31 @@ def test_unknown_config_keys_are_rejected(tmp_path):
         load_config(tmp_path / "missing.yaml")
 
 
+def test_the_config_defaults_are_the_library_defaults():
+    """Each default lives in the library's signatures; the config only refers to them."""
+    import inspect
+    from typing import get_args
+
+    from aas_ray.al import config_keys, list_strategies, strategy_entry, strategy_params
+    from aas_ray.cluster import build_views
+    from aas_ray.config import ALConfig, ClusterConfig, Strategy
+    from aas_ray.experiment.cycle import SAMPLED, sampler_for
+    from aas_ray.orchestration.report import ORDER
+
+    cluster = ClusterConfig().view_params()
+    signature = inspect.signature(build_views).parameters
+    assert cluster and all(cluster[k] == signature[k].default for k in cluster)
+    al = ALConfig()
+    for name in list_strategies():
+        keys = config_keys(name)
+        # every parameter of every sampler is configurable, under a key whose default is the sampler's
+        assert {p: getattr(al, k) for p, k in keys.items()} == strategy_params(name)
+        built = sampler_for(al.model_copy(update={"strategy": name}))
+        assert built.name == name and type(built) is strategy_entry(name).cls
+    assert list(get_args(Strategy)) == ORDER == ["none", *SAMPLED, "supervised"]
+    assert set(SAMPLED) == {"random", "aas", "nis", "farthest-nearest", "uncertainty", "nearest", "lbas", "gbas"}
+
+
 def test_shipped_configs_are_valid():
     from pathlib import Path
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from aas_ray.al import AASSampler, ConstraintStore, RandomSampler, SimulatedOracle, Views, cycle_budget, make_sampler
+from aas_ray.al import AASSampler, ConstraintStore, RandomSampler, SimulatedOracle, SamplerInput, cycle_budget, make_sampler
 from aas_ray.al.sampling import draw_without_replacement, mixture, under_segmentation_probs
 from aas_ray.checks import InputError
 from aas_ray.cluster import build_views
@@ -49,8 +49,8 @@ def test_us_probabilities_factorise():
 
 def mixture_views(seed=3):
     x, y = gm(300, 16, 30, spread=0.9, seed=seed)
-    v = build_views(x, k1=15, k2=4)
-    return x, y, Views(x, v.labels_a, v.labels_b, v.graph.pair_sim)
+    v = build_views(x, k1=15, k2=4, eps=0.6, finch_partition="auto")
+    return x, y, SamplerInput(x, v.labels_a, v.labels_b, v.graph.pair_sim)
 
 
 def run_cycles(strategy, x, y, views, budget, seed=0, cycles=4):
@@ -97,7 +97,7 @@ def test_aas_proposal_reports_pools():
 def test_random_sampler_is_uniform_over_unasked():
     x, _ = gm(20, 4, 3)
     store = ConstraintStore(20)
-    views = Views(x, np.zeros(20, int), np.zeros(20, int), lambda p: np.zeros(len(p)))
+    views = SamplerInput(x, np.zeros(20, int), np.zeros(20, int), lambda p: np.zeros(len(p)))
     prop = RandomSampler().propose(views, store, 190, np.random.default_rng(0))
     assert len(prop.draw) == 190  # every pair once
     for u, v in prop.draw.pairs[:100]:
@@ -107,5 +107,32 @@ def test_random_sampler_is_uniform_over_unasked():
 
 
 def test_unknown_strategy():
-    with pytest.raises(InputError, match="unknown sampling strategy"):
+    with pytest.raises(InputError, match="unknown sampling strategy 'entropy'; known: random, .*aas"):
         make_sampler("entropy")
+
+
+def test_the_factory_refuses_unknown_parameters_and_the_samplers_bad_values():
+    with pytest.raises(InputError, match="strategy 'random' has no parameter 'epsilon'; its parameters: none"):
+        make_sampler("random", epsilon=0.5)
+    with pytest.raises(InputError, match="strategy 'aas' has no parameter 'tau'; its parameters: epsilon, k_max"):
+        make_sampler("aas", tau=0.5)
+    assert make_sampler("aas", epsilon=0.25, k_max=3).epsilon == 0.25
+    bad = [(lambda: AASSampler(epsilon=5), r"AASSampler: epsilon must be a number in \[0.0, 1.0\]; got 5"),
+           (lambda: AASSampler(k_max=0), "AASSampler: k_max must be an integer >= 1; got 0"),
+           (lambda: AASSampler(k_max=2.5), "AASSampler: k_max must be an integer >= 1; got 2.5"),
+           (lambda: AASSampler(s_min=float("nan")), "AASSampler: s_min must be a number"),
+           (lambda: AASSampler(pi=(1.0, 2.0)), "AASSampler: pi must be three weights"),
+           (lambda: AASSampler(pi=(1.0, -1.0, 1.0)), r"AASSampler: pi\[1\] must be a number >= 0.0; got -1.0"),
+           (lambda: make_sampler("nis", tau=0.0), "NISSampler: tau must be a number > 0.0; got 0.0"),
+           (lambda: make_sampler("nis", neighbours=0), "NISSampler: neighbours must be an integer >= 1; got 0")]
+    for build, message in bad:
+        with pytest.raises(InputError, match=message):
+            build()
+
+
+def test_a_strategy_is_registered_once_and_named_by_its_registration():
+    from aas_ray.al.registry import register_strategy
+
+    with pytest.raises(ValueError, match="strategy 'aas' is registered twice"):
+        register_strategy("aas", description="again", rank=0)(type("Again", (), {}))
+    assert AASSampler.name == "aas" and make_sampler("farthest-nearest").name == "farthest-nearest"

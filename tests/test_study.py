@@ -86,7 +86,7 @@ def test_report_rebuilds_table_one_and_curves_from_the_store(tmp_path):
     from mlflow.tracking import MlflowClient
 
     from aas_ray.orchestration.report import build_report
-    from aas_ray.orchestration.tracking import MlflowTracker
+    from aas_ray.orchestration.mlflow_tracking import MlflowTracker
 
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     parent = MlflowTracker.create(uri, "aas-ray", "study-cmp", {"study": "cmp", "kind": "train"})
@@ -135,7 +135,7 @@ def test_gap_closed_uses_bounds_from_the_same_command_or_the_store(tmp_path):
     from aas_ray.experiment.checkpoint import RunState
     from aas_ray.orchestration.compare import config_key
     from aas_ray.orchestration.run import log_gap_closed
-    from aas_ray.orchestration.tracking import MlflowTracker
+    from aas_ray.orchestration.mlflow_tracking import MlflowTracker
 
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     cfg = load_config(None, [f"output_dir={tmp_path}"])

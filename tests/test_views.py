@@ -23,7 +23,7 @@ def test_choose_partition_auto_integer_and_bad_level():
 
 def test_build_views_equals_its_parts():
     x, _ = mixture(300, 16, 30, spread=0.7, seed=2)
-    v = build_views(x, k1=15, k2=4, eps=0.55, self_paced=True)
+    v = build_views(x, k1=15, k2=4, eps=0.55, finch_partition="auto", self_paced=True)
     g = jaccard_graph(x, 15, 4, min_sim=0.01)
     np.testing.assert_array_equal(v.labels_a, dbscan_view(g, 0.55, 4))
     np.testing.assert_array_equal(v.tight, dbscan_view(g, 0.53, 4))

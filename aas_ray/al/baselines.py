@@ -29,7 +29,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from aas_ray.al.constraints import Answer, ConstraintStore
+from aas_ray.al.interface import PairSampler, Proposal, SamplerInput
+from aas_ray.al.refine import np3
+from aas_ray.al.registry import register_strategy
 from aas_ray.al.sampling import PairDraw
+from aas_ray.checks import check_param
 from aas_ray.grouping import Groups, singletons_to_clusters
 
 # n̂ over all images is exact (chunked n x n products) up to this many images; above, the
@@ -54,7 +58,7 @@ def _open_in_order(store: ConstraintStore, pairs: np.ndarray, budget: int) -> np
     return p[store.open_pairs(p)][:budget]
 
 
-def _knn_pairs(views) -> tuple[np.ndarray, np.ndarray]:
+def _knn_pairs(views: SamplerInput) -> tuple[np.ndarray, np.ndarray]:
     """Every (i, j) of the kNN graph, j != i, with its cosine."""
     idx, sim = views.knn_idx, views.knn_sim
     rows = np.repeat(np.arange(idx.shape[0]), idx.shape[1])
@@ -63,26 +67,22 @@ def _knn_pairs(views) -> tuple[np.ndarray, np.ndarray]:
     return np.stack([rows[keep], cols[keep]], axis=1), s[keep]
 
 
+@register_strategy("nearest", rank=5, description="the most similar pairs first, as a person reviewing matches does")
 @dataclass
-class NearestSampler:
-    name: str = "nearest"
+class NearestSampler(PairSampler):
 
-    def propose(self, views, store: ConstraintStore, budget: int, rng: np.random.Generator):
-        from aas_ray.al.samplers import Proposal
-
+    def propose(self, views: SamplerInput, store: ConstraintStore, budget: int, rng: np.random.Generator):
         pairs, sim = _knn_pairs(views)
         order = np.lexsort((pairs[:, 1], pairs[:, 0], -sim))  # most similar first; ties by index
         chosen = _open_in_order(store, pairs[order], budget)
         return Proposal(_draw(chosen, "near"), {"pool_open": int(len(_open_in_order(store, pairs, len(pairs))))})
 
 
+@register_strategy("uncertainty", rank=4, description="the pairs whose distance lies closest to DBSCAN's radius")
 @dataclass
-class UncertaintySampler:
-    name: str = "uncertainty"
+class UncertaintySampler(PairSampler):
 
-    def propose(self, views, store: ConstraintStore, budget: int, rng: np.random.Generator):
-        from aas_ray.al.samplers import Proposal
-
+    def propose(self, views: SamplerInput, store: ConstraintStore, budget: int, rng: np.random.Generator):
         if views.jaccard is None or views.eps is None:
             raise ValueError("the uncertainty sampler needs the Jaccard graph and DBSCAN's radius")
         d = views.jaccard.distance().tocoo()
@@ -94,14 +94,13 @@ class UncertaintySampler:
         return Proposal(_draw(chosen, "bound"), {"pool_open": int(upper.sum())})
 
 
+@register_strategy("farthest-nearest", rank=3,
+                   description="per cluster its farthest pair and its nearest pair to another cluster (SPAL)")
 @dataclass
-class FarthestNearestSampler:
-    name: str = "farthest-nearest"
+class FarthestNearestSampler(PairSampler):
 
-    def propose(self, views, store: ConstraintStore, budget: int, rng: np.random.Generator):
+    def propose(self, views: SamplerInput, store: ConstraintStore, budget: int, rng: np.random.Generator):
         from aas_ray.al.refine import np3
-        from aas_ray.al.samplers import Proposal
-
         x = views.features
         # the current pseudo-labels: view A with every answer so far (NP3)
         labels = singletons_to_clusters(np3(views.labels_a, store.must_links(), store.cannot_links(), x))
@@ -149,18 +148,15 @@ def farthest_point_order(x: np.ndarray):
 
 
 @dataclass
-class _BalancedSampler:
+class _BalancedSampler(PairSampler):
     """Balanced active sampling (He et al., ICME 2024), reconstructed (docs/method.md §15):
     per triplet one positive question (anchor, farthest member of its cluster) and one negative
     question (anchor, nearest image of another cluster), so the budget is split evenly."""
 
-    name: str = "bas"
     local = True  # LBAS; GBAS sets False
 
-    def propose(self, views, store: ConstraintStore, budget: int, rng: np.random.Generator):
+    def propose(self, views: SamplerInput, store: ConstraintStore, budget: int, rng: np.random.Generator):
         from aas_ray.al.refine import np3
-        from aas_ray.al.samplers import Proposal
-
         x = views.features
         # the current pseudo-labels (view A with every answer, NP3); DBSCAN's outliers discarded
         labels = np.where(views.labels_a < 0, -1, np3(views.labels_a, store.must_links(), store.cannot_links(), x))
@@ -227,14 +223,15 @@ def _first_open(a: int, candidates: np.ndarray, store: ConstraintStore, taken: s
     return None
 
 
+@register_strategy("lbas", rank=7, description="local balanced active sampling (He et al., a reconstruction)")
 @dataclass
 class LBASSampler(_BalancedSampler):
-    name: str = "lbas"
+    pass
 
 
+@register_strategy("gbas", rank=6, description="global balanced active sampling (He et al., a reconstruction)")
 @dataclass
 class GBASSampler(_BalancedSampler):
-    name: str = "gbas"
     local = False
 
 
@@ -259,17 +256,23 @@ def nis_draws(budget: int) -> int:
     return max(1, round(np.sqrt(max(budget, 1))) - 1)
 
 
+@register_strategy("nis", rank=2, description="nested importance sampling (Perez et al.), which also counts "
+                   "the individuals")
 @dataclass
-class NISSampler:
-    """Nested importance sampling (Perez et al., ECCV 2024), for pairs and for a count."""
+class NISSampler(PairSampler):
+    """Nested importance sampling (Perez et al., ECCV 2024), for pairs and for a count: ``tau``
+    the temperature of the neighbour softmax, ``neighbours`` the draws per vertex besides
+    itself (None: :func:`nis_draws` of the budget)."""
 
     tau: float = 0.5
-    neighbours: int | None = None  # draws per vertex besides itself; None: nis_draws(budget)
-    name: str = "nis"
+    neighbours: int | None = None
 
-    def propose(self, views, store: ConstraintStore, budget: int, rng: np.random.Generator):
-        from aas_ray.al.samplers import Proposal
+    def __post_init__(self):
+        check_param("NISSampler", "tau", self.tau, 0.0, low_open=True)
+        if self.neighbours is not None:
+            check_param("NISSampler", "neighbours", self.neighbours, 1, integer=True)
 
+    def propose(self, views: SamplerInput, store: ConstraintStore, budget: int, rng: np.random.Generator):
         x = views.features
         n = x.shape[0]
         draws = self.neighbours or nis_draws(budget)
@@ -285,9 +288,12 @@ class NISSampler:
             samples.append((int(v), nb, q[nb], float(q[v]), float(big_q[v])))
             pairs += [(int(v), int(j)) for j in nb if j != v]
         chosen = _open_in_order(store, np.array(pairs, dtype=np.int64).reshape(-1, 2), budget)
-        prop = Proposal(_draw(chosen, "nis"), {"pool_open": len(pairs), "vertices": int(len(vertices))})
-        prop.stats["nis_samples"] = samples
-        return prop
+        return Proposal(_draw(chosen, "nis"), {"pool_open": len(pairs), "vertices": int(len(vertices))}, samples)
+
+    def summarise(self, proposal: Proposal, store: ConstraintStore) -> dict:
+        """NIS's own output: how many individuals the answers say there are."""
+        est, ci, used = self.estimate(proposal.drawn, store)
+        return {"individuals": est, "individuals_ci95": ci, "individuals_vertices": used}
 
     @staticmethod
     def estimate(samples, store: ConstraintStore) -> tuple[float, float, int]:

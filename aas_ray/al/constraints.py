@@ -2,7 +2,7 @@
 ML components, implied answers, and contradictions reported with the answers involved.
 
 Pure and in memory; the append-only journal that persists it lives in the experiment
-layer (``aas_ray.experiment.annotations``), which replays answers through :meth:`add`.
+layer (``aas_ray.experiment.journal``), which replays answers through :meth:`add`.
 """
 
 from __future__ import annotations

@@ -250,28 +250,41 @@ def np3(labels, must_link, cannot_link, features) -> np.ndarray:
     bad = np.flatnonzero(comp[cl[:, 0]] == comp[cl[:, 1]])
     if bad.size:
         _raise_contradiction(ml, int(cl[bad[0], 0]), int(cl[bad[0], 1]))
+    next_id = _constrained_noise_to_singletons(out, ml, cl)  # step 1
+    _merge_must_linked(out, ml)  # step 2
+    # Step 3: purify clusters that hold a CL inside them; step 4: leave the rest.
+    inside = out[cl[:, 0]] == out[cl[:, 1]]
+    if inside.any():
+        _purify_impure(out, cl[inside], comp, x, next_id)
+    return out
 
-    # Step 1: noise points that carry a constraint become singleton clusters.
-    next_id = int(out.max()) + 1 if n else 0
+
+def _constrained_noise_to_singletons(out: np.ndarray, ml: np.ndarray, cl: np.ndarray) -> int:
+    """NP3 step 1, in place: noise points that carry a constraint become singleton clusters;
+    returns the next free cluster id."""
+    next_id = int(out.max()) + 1 if out.size else 0
     constrained = np.unique(np.concatenate([ml.ravel(), cl.ravel()]))
     noisy = constrained[out[constrained] < 0]
     out[noisy] = next_id + np.arange(noisy.size)
-    next_id += noisy.size
+    return next_id + noisy.size
 
-    # Step 2: merge clusters linked by ML (union-find over cluster ids), keeping the smallest id.
-    if ml.shape[0]:
-        ids, local = np.unique(out[out >= 0], return_inverse=True)
-        pos = np.searchsorted(ids, out[ml])
-        merged = _components(ids.size, pos)
-        smallest = np.full(merged.max() + 1, np.iinfo(np.int64).max)
-        np.minimum.at(smallest, merged, ids)
-        out[out >= 0] = smallest[merged[local]]
 
-    # Step 3: purify clusters that hold a CL inside them; step 4: leave the rest.
-    inside = out[cl[:, 0]] == out[cl[:, 1]]
-    cl_in = cl[inside]
-    if cl_in.shape[0] == 0:
-        return out
+def _merge_must_linked(out: np.ndarray, ml: np.ndarray) -> None:
+    """NP3 step 2, in place: clusters linked by a must-link merge (union-find over cluster ids),
+    keeping the smallest id."""
+    if ml.shape[0] == 0:
+        return
+    ids, local = np.unique(out[out >= 0], return_inverse=True)
+    pos = np.searchsorted(ids, out[ml])
+    merged = _components(ids.size, pos)
+    smallest = np.full(merged.max() + 1, np.iinfo(np.int64).max)
+    np.minimum.at(smallest, merged, ids)
+    out[out >= 0] = smallest[merged[local]]
+
+
+def _purify_impure(out: np.ndarray, cl_in: np.ndarray, comp: np.ndarray, x: np.ndarray, next_id: int) -> int:
+    """NP3 step 3, in place: split every cluster holding the cannot-links ``cl_in`` so that none
+    stays inside one; ``comp``: each image's must-link group. Returns the next free id."""
     # The conflict graph over all impure clusters at once: nodes are ML groups carrying an
     # internal CL, edges the CLs; a CL group never spans two clusters.
     nodes, edge_nodes = np.unique(comp[cl_in], return_inverse=True)
@@ -294,4 +307,4 @@ def np3(labels, must_link, cannot_link, features) -> np.ndarray:
     if (~single).any():
         next_id = _split_each(out, impure[~single], [g for g, s in zip(per_cluster, single) if not s], graph,
                               comp, x, next_id)
-    return out
+    return next_id

@@ -1,14 +1,14 @@
 """Pair samplers behind one interface (docs/method.md §6): ``aas`` (Algorithm 1 step 1) and
-``random``."""
+``random``; the baselines are in :mod:`aas_ray.al.baselines`."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass
 
 import numpy as np
 
 from aas_ray.al.constraints import ConstraintStore
+from aas_ray.al.interface import PairSampler, Proposal, SamplerInput
 from aas_ray.al.refine import np3
 from aas_ray.al.pools import (
     PAIR_TYPES,
@@ -18,6 +18,7 @@ from aas_ray.al.pools import (
     under_segmentation_pool,
 )
 from aas_ray.al.regions import region_index
+from aas_ray.al.registry import register_strategy
 from aas_ray.al.sampling import (
     PairDraw,
     draw_without_replacement,
@@ -25,74 +26,33 @@ from aas_ray.al.sampling import (
     over_segmentation_probs,
     under_segmentation_probs,
 )
-from aas_ray.checks import InputError, labels_array, unit_features
+from aas_ray.checks import InputError, check_param
 
 
+@register_strategy("aas", rank=8, config_prefix="",
+                   description="Ambiguity-Aware Sampling: pairs where the two views disagree")
 @dataclass
-class Views:
-    """What a sampler sees of one dataset: features, both clusterings and a similarity.
-
-    ``pair_sim`` maps an (m, 2) array of pairs to sim(u, v) in [0, 1] (docs/method.md §1: the
-    Jaccard similarity by default, cosine when configured).
-    """
-
-    features: np.ndarray
-    labels_a: np.ndarray
-    labels_b: np.ndarray
-    pair_sim: object
-    # what some baselines need besides: the kNN lists, the Jaccard graph, DBSCAN's radius
-    knn_idx: np.ndarray | None = None
-    knn_sim: np.ndarray | None = None
-    jaccard: object = None
-    eps: float | None = None
-
-    def __post_init__(self):
-        self.features = unit_features(self.features)
-        n = self.features.shape[0]
-        self.labels_a = labels_array(self.labels_a, n, "labels_a (view A)")
-        self.labels_b = labels_array(self.labels_b, n, "labels_b (view B)")
-
-    @property
-    def n(self) -> int:
-        return self.features.shape[0]
-
-
-@dataclass
-class Proposal:
-    """A sampler's answer for one cycle: the pairs to ask and what it saw (region and pool
-    sizes, the open pool left after dropping settled pairs)."""
-
-    draw: PairDraw
-    stats: dict = field(default_factory=dict)
-
-
-class PairSampler(Protocol):
-    name: str
-
-    def propose(self, views: Views, store: ConstraintStore, budget: int, rng: np.random.Generator) -> Proposal: ...
-
-
-def cosine_pair_sim(features: np.ndarray):
-    """sim(u, v) = max(0, cos) for ``similarity: cosine`` (docs/method.md §1, [ours])."""
-
-    def sim(pairs: np.ndarray) -> np.ndarray:
-        pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
-        return np.clip(np.einsum("ij,ij->i", features[pairs[:, 0]], features[pairs[:, 1]]), 0.0, 1.0)
-
-    return sim
-
-
-@dataclass
-class AASSampler:
-    """Ambiguity-Aware Sampling (paper §3.1, Eqs. 1-6; docs/method.md §2-6)."""
+class AASSampler(PairSampler):
+    """Ambiguity-Aware Sampling (paper §3.1, Eqs. 1-6; docs/method.md §2-6): ``epsilon`` the
+    Eq. 6 weight of U_os, ``k_max`` and ``s_min`` U_os's neighbours and similarity floor, ``pi``
+    the type prior (β1, β2, β3) of U_us, None for uniform."""
 
     epsilon: float = 0.6
     k_max: int = 5
     s_min: float = 0.3
     pi: tuple[float, float, float] | None = None
-    name: str = "aas"
 
-    def propose(self, views: Views, store: ConstraintStore, budget: int, rng: np.random.Generator) -> Proposal:
+    def __post_init__(self):
+        check_param("AASSampler", "epsilon", self.epsilon, 0.0, 1.0)
+        check_param("AASSampler", "k_max", self.k_max, 1, integer=True)
+        check_param("AASSampler", "s_min", self.s_min, 0.0, 1.0)
+        if self.pi is not None:
+            if not isinstance(self.pi, (tuple, list)) or len(self.pi) != 3:
+                raise InputError(f"AASSampler: pi must be three weights (β1, β2, β3) or None; got {self.pi!r}")
+            for i, w in enumerate(self.pi):
+                check_param("AASSampler", f"pi[{i}]", w, 0.0)
+
+    def propose(self, views: SamplerInput, store: ConstraintStore, budget: int, rng: np.random.Generator) -> Proposal:
         x = views.features
         ml, cl = store.must_links(), store.cannot_links()
         # Step 1a: both views obey every answer so far, so settled questions are not re-asked.
@@ -130,13 +90,12 @@ class AASSampler:
         return Proposal(PairDraw(pairs[pick], pool[pick], ptype[pick], prob[pick]), stats)
 
 
+@register_strategy("random", rank=1, description="uniform over the pairs never asked (the paper's baseline)")
 @dataclass
-class RandomSampler:
+class RandomSampler(PairSampler):
     """Uniform over pairs never asked (the paper's Random baseline), with no pool at all."""
 
-    name: str = "random"
-
-    def propose(self, views: Views, store: ConstraintStore, budget: int, rng: np.random.Generator) -> Proposal:
+    def propose(self, views: SamplerInput, store: ConstraintStore, budget: int, rng: np.random.Generator) -> Proposal:
         n = views.n
         total = n * (n - 1) // 2
         want = int(min(budget, total - len(store.annotations)))
@@ -156,19 +115,3 @@ class RandomSampler:
         draw = PairDraw(chosen, np.full(chosen.shape[0], "random", "<U6"), np.full(chosen.shape[0], "", "<U16"), p)
         return Proposal(draw, {"pool_open": total - len(store.annotations)})
 
-
-from aas_ray.al.baselines import (  # noqa: E402
-    FarthestNearestSampler, GBASSampler, LBASSampler, NearestSampler, NISSampler, UncertaintySampler,
-)
-
-SAMPLERS = {"aas": AASSampler, "random": RandomSampler, "nis": NISSampler, "farthest-nearest": FarthestNearestSampler,
-            "uncertainty": UncertaintySampler, "nearest": NearestSampler, "lbas": LBASSampler, "gbas": GBASSampler}
-
-
-def make_sampler(strategy: str, **params) -> PairSampler:
-    """Build a sampler by name; unknown names give an error listing the known ones."""
-    if strategy not in SAMPLERS:
-        raise InputError(f"unknown sampling strategy {strategy!r}; known: {sorted(SAMPLERS)}")
-    cls = SAMPLERS[strategy]
-    fields = {k: v for k, v in params.items() if k in cls.__dataclass_fields__ and k != "name"}
-    return cls(**fields)

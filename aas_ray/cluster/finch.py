@@ -17,7 +17,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
-from aas_ray.cluster.knn import TARGET_RECALL, knn_search
+from aas_ray.cluster.knn import EXACT_UP_TO, TARGET_RECALL, knn_search
 from aas_ray.grouping import group_sum
 
 
@@ -29,7 +29,7 @@ def first_neighbour_components(first: np.ndarray) -> tuple[int, np.ndarray]:
 
 
 def finch_levels(x: np.ndarray, first_neighbour: np.ndarray, knn_method: str = "auto",
-                 exact_up_to: int = 20_000, target_recall: float = TARGET_RECALL) -> tuple[np.ndarray, list[int]]:
+                 exact_up_to: int = EXACT_UP_TO, target_recall: float = TARGET_RECALL) -> tuple[np.ndarray, list[int]]:
     """All FINCH partitions of unit features ``x`` (finest first) with cosine similarity, given
     each image's first non-self neighbour. Returns (labels (n, levels), clusters per level)."""
     n = x.shape[0]

@@ -17,7 +17,7 @@ from aas_ray.checks import InputError
 from aas_ray.cluster._radius_kernels import sweep_counts
 from aas_ray.cluster.finch import finch_levels
 from aas_ray.cluster.jaccard import JaccardGraph, jaccard_graph
-from aas_ray.cluster.knn import TARGET_RECALL, gpu_device, knn_search
+from aas_ray.cluster.knn import EXACT_UP_TO, TARGET_RECALL, gpu_device, knn_search
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ def first_non_self_neighbour(knn_idx: np.ndarray) -> np.ndarray:
 
 
 def finch_partitions(
-    x: np.ndarray, first_neighbour: np.ndarray, knn: str = "auto", exact_up_to: int = 20_000,
+    x: np.ndarray, first_neighbour: np.ndarray, knn: str = "auto", exact_up_to: int = EXACT_UP_TO,
     target_recall: float = TARGET_RECALL,
 ) -> tuple[np.ndarray, list[int]]:
     """All FINCH partitions (finest first) of unit features with cosine distance, from each
@@ -218,12 +218,12 @@ def build_views(
     *,
     k1: int = 30,
     k2: int = 6,
-    eps: float | str = 0.6,
+    eps: float | str = "auto",
     min_samples: int = 4,
     jaccard_min_sim: float = 0.01,
-    finch_partition: str | int = "auto",
+    finch_partition: str | int = 0,
     knn: str = "auto",
-    knn_exact_up_to: int = 20_000,
+    knn_exact_up_to: int = EXACT_UP_TO,
     knn_recall: float = TARGET_RECALL,
     eps_gap: float = 0.02,
     view_a: str = "dbscan",
@@ -233,7 +233,8 @@ def build_views(
     need_b: bool = True,
     use_gpu: bool | None = None,
 ) -> ClusterViews:
-    """The one view builder (docs/method.md §1-2) of unit features ``x``.
+    """The one view builder (docs/method.md §1-2) of unit features ``x``; its defaults are
+    ``aas-ray run``'s (the ``cluster`` section of the configuration refers to them).
 
     One kNN search feeds both views: the k-reciprocal Jaccard graph and DBSCAN
     (view A) are built concurrently with FINCH's hierarchy (both release the GIL in their

@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from aas_ray.errors import AasRayError
+
 REQUIRED = ("image_id", "identity", "path")
 OPTIONAL = ("split", "date", "bbox", "species")
 
 
-class DatasetError(ValueError):
+class DatasetError(AasRayError, ValueError):
     """A dataset that cannot be used: missing root, empty catalogue, bad columns, bad images."""
 
 

@@ -17,16 +17,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from aas_ray.al import ConstraintStore, SimulatedOracle, Views, make_sampler, total_pairs
+from aas_ray.al import (ConstraintStore, SamplerInput, SimulatedOracle, config_keys, cosine_pair_sim, list_strategies,
+                        make_sampler, total_pairs)
 from aas_ray.al.constraints import Answer
-from aas_ray.al.samplers import cosine_pair_sim
 from aas_ray.cluster import ClusterViews
-from aas_ray.experiment.annotations import AnnotationJournal
+from aas_ray.experiment.journal import AnnotationJournal
 
 log = logging.getLogger(__name__)
 
 # Strategies that ask an oracle; ``none`` (plain SpCL) and ``supervised`` (the skyline) do not.
-SAMPLED = ("random", "aas", "nis", "farthest-nearest", "uncertainty", "nearest", "lbas", "gbas")
+SAMPLED = tuple(list_strategies())
 # where a pair came from: AAS's two pools, or a baseline's rule (lbas / gbas: a triplet's positive or negative pair)
 POOLS = ("os", "us", "random", "nis", "fn", "bound", "near", "pos", "neg")
 
@@ -38,9 +38,8 @@ def pair_similarity(kind: str, views: ClusterViews, x: np.ndarray):
 
 
 def sampler_for(al):
-    """The sampler of ``al.strategy`` with the AAS parameters of the ``al`` config section."""
-    return make_sampler(al.strategy, epsilon=al.epsilon, k_max=al.k_max, s_min=al.s_min, pi=al.pi, tau=al.nis_tau,
-                        neighbours=al.nis_neighbours)
+    """The sampler of ``al.strategy`` with its parameters from the ``al`` config section."""
+    return make_sampler(al.strategy, **{p: getattr(al, key) for p, key in config_keys(al.strategy).items()})
 
 
 @dataclass
@@ -160,6 +159,7 @@ class ALCycle:
         self.journal = journal
         self.pairs_log = Path(pairs_log) if pairs_log else None
         self.sampler = sampler_for(cfg.al)
+        self._proposal = None  # the last proposal, which the sampler may summarise once answered
 
     def budget_left(self, c: int) -> int:
         """What this cycle may still ask: its budget minus the answers already recorded for it
@@ -176,12 +176,10 @@ class ALCycle:
         asked gives every strategy what the reference strategy asked in the same cycle)."""
         budget = self.budget_left(c) if cap is None else min(self.budget_left(c), int(cap))
         sim = pair_similarity(self.cfg.cluster.similarity, views, x)
-        g = views.graph
-        prop = self.sampler.propose(Views(x, views.labels_a, views.labels_b, sim, g.knn_idx, g.knn_sim, g, views.eps),
-                                    self.store, budget, self.rng)
+        prop = self.sampler.propose(SamplerInput.of_clustering(x, views, sim), self.store, budget, self.rng)
+        self._proposal = prop
         d = prop.draw
         stats = dict(prop.stats, budget=budget, notes=explain(views, prop.stats, budget, self.cfg))
-        self._nis = stats.pop("nis_samples", None)
         pending = Pending(c, d.pairs, d.pool, d.pair_type, d.probability, stats)
         if self.oracle is None and len(d):
             return CycleOutcome(pending=pending)
@@ -226,12 +224,8 @@ class ALCycle:
                "cannot_link": counts["cannot_link"], "ml_cl_ratio": counts["must_link"] / max(counts["cannot_link"], 1),
                "utilised_budget": counts["asked"] / total_pairs(self.n), "contradictions": counts["contradictions"],
                **budget_use(stats, len(asked.pairs)), "notes": " | ".join(stats.get("notes", []))}
-        if getattr(self, "_nis", None) is not None:
-            # NIS's own output: how many individuals the answers say there are
-            from aas_ray.al.baselines import NISSampler
-
-            est, ci, used = NISSampler.estimate(self._nis, self.store)
-            row.update(individuals=est, individuals_ci95=ci, individuals_vertices=used)
+        if self._proposal is not None:
+            row.update(self.sampler.summarise(self._proposal, self.store))
         log.info("AL cycle %d (%s): %d pairs asked, %s regions, |U_os|=%s, |U_us|=%s, utilised %.4f%%", asked.cycle,
                  self.cfg.al.strategy, this_cycle, stats.get("regions", "-"), stats.get("U_os", "-"),
                  stats.get("U_us", "-"), 100 * row["utilised_budget"])

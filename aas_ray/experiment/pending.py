@@ -8,6 +8,7 @@ page journaled, and answers typed into the CSV, each row checked against the pai
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,20 @@ import pandas as pd
 from aas_ray.al import Answer, ConstraintStore
 from aas_ray.checks import InputError, labels_array, pair_array
 from aas_ray.experiment.cycle import ALCycle, Pending
+
+IMAGES = "images.csv"
+CATALOGUE = "catalogue.json"
+
+
+def write_image_table(run_dir: Path, cat) -> None:
+    """The training images a page may show (index, path below the catalogue root, bbox) and
+    the root they must stay inside; the run folder never holds the truth."""
+    df = pd.DataFrame({"index": np.arange(len(cat)), "image_id": cat.df["image_id"].astype(str),
+                       "path": cat.df["path"].astype(str),
+                       "bbox": cat.df["bbox"].astype(str) if "bbox" in cat.df.columns else ""})
+    df.to_csv(run_dir / IMAGES, index=False)
+    (run_dir / CATALOGUE).write_text(json.dumps({"name": cat.name, "root": str(Path(cat.root).resolve())}))
+
 
 
 class PersonInTheLoop:

@@ -18,7 +18,7 @@ from aas_ray.al import ConstraintStore, SimulatedOracle
 from aas_ray.checks import InputError, unit_features
 from aas_ray.cluster import ClusterViews, build_views
 from aas_ray.eval import clustering_metrics
-from aas_ray.experiment.annotations import AnnotationJournal
+from aas_ray.experiment.journal import AnnotationJournal
 from aas_ray.experiment.cycle import SAMPLED, ALCycle
 from aas_ray.experiment.labels import label_diagnostics, refine
 

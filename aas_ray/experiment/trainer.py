@@ -40,17 +40,16 @@ from aas_ray.cluster import ClusterViews, build_views
 from aas_ray.config import Config, dump_config
 from aas_ray.data.images import CatalogueImages, PKSampler, to_tensor_batch, train_transform
 from aas_ray.eval import clustering_metrics
-from aas_ray.experiment.annotation import write_image_table
-from aas_ray.experiment.annotations import AnnotationJournal
+from aas_ray.experiment.journal import AnnotationJournal
 from aas_ray.experiment.checkpoint import (RunState, load_checkpoint, restore_optimizer, restore_scaler,
                                           save_checkpoint)
 from aas_ray.experiment.cycle import SAMPLED, ALCycle, Pending
 from aas_ray.experiment.individuals import write_run_outputs
 from aas_ray.experiment.labels import label_diagnostics, refine, training_labels
-from aas_ray.experiment.pending import PersonInTheLoop
+from aas_ray.experiment.pending import PersonInTheLoop, write_image_table
 from aas_ray.experiment.prepare import Experiment, prepare_experiment, save_split
 from aas_ray.experiment.spcl import HybridMemory
-from aas_ray.experiment.tracking import NullTracker, Tracker
+from aas_ray.experiment.tracker import NullTracker, Tracker
 from aas_ray.experiment.zeroshot import evaluate_split
 from aas_ray.models import build_model, extract_features, feature_loader, resolve_device
 

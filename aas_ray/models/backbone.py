@@ -12,12 +12,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from aas_ray.errors import AasRayError
+
 log = logging.getLogger(__name__)
 
 BUILTIN_PREFIX = "builtin:"
 
 
-class ModelError(ValueError):
+class ModelError(AasRayError, ValueError):
     pass
 
 

@@ -33,7 +33,7 @@ from aas_ray.checks import InputError
 from aas_ray.config import Config
 from aas_ray.experiment.checkpoint import RunState
 from aas_ray.experiment.trainer import SpCLTrainer
-from aas_ray.experiment.tracking import NullTracker
+from aas_ray.experiment.tracker import NullTracker
 from aas_ray.models import extract_features
 from aas_ray.orchestration.resources import plan_ddp, use_threads
 
@@ -135,7 +135,7 @@ def _restore(run_dir: Path) -> None:
 
 
 def train_loop_per_worker(config: dict) -> None:
-    from aas_ray.orchestration.tracking import MlflowTracker
+    from aas_ray.orchestration.mlflow_tracking import MlflowTracker
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()

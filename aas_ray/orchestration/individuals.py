@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from aas_ray.al import Answer
-from aas_ray.experiment.annotations import AnnotationJournal, effective
+from aas_ray.experiment.journal import AnnotationJournal, effective
 from aas_ray.experiment.individuals import read_run_outputs
 from aas_ray.orchestration.sheets import esc, figure, make_thumbnails, write_page
 

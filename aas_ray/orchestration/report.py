@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from aas_ray.checks import InputError
+from aas_ray.config import STRATEGIES
 from aas_ray.orchestration.compare import across_datasets, paired_table, with_gap_closed
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 TRAIN_METRICS = [("mAP", "eval/mAP"), ("mINP", "eval/mINP"), ("BAKS", "eval/BAKS"), ("AUC-ROC", "eval/auc_roc"),
                  ("Top-1", "eval/top1"), ("Top-3", "eval/top3"), ("Top-5", "eval/top5"), ("Top-10", "eval/top10")]
 SIM_METRICS = [("pair F1", "pair_f1"), ("ARI", "ari"), ("NMI", "nmi"), ("must-links", "must_link")]
-ORDER = ["none", "random", "nis", "farthest-nearest", "uncertainty", "nearest", "gbas", "lbas", "aas", "supervised"]
+ORDER = list(STRATEGIES)
 # rebuilt from a description, without the authors' code (docs/method.md §15): so named wherever reported
 RECONSTRUCTED = ("gbas", "lbas")
 

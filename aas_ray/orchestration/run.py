@@ -33,7 +33,7 @@ from aas_ray.orchestration.embedder import log_embedder
 from aas_ray.orchestration.plots import map_vs_budget
 from aas_ray.orchestration.resources import child_gpus, use_threads, visible_gpus
 from aas_ray.orchestration.runlock import RunLock, RunLocked
-from aas_ray.orchestration.tracking import MlflowTracker, check_tracking_uri, resolve_tracking_uri
+from aas_ray.orchestration.mlflow_tracking import MlflowTracker, check_tracking_uri, resolve_tracking_uri
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from aas_ray.orchestration.compare import (
 )
 from aas_ray.orchestration.resources import study_resources, use_ray_gpus
 from aas_ray.orchestration.study import StudyConfig, load_study, trial_config
-from aas_ray.orchestration.tracking import MlflowTracker, check_tracking_uri, resolve_tracking_uri
+from aas_ray.orchestration.mlflow_tracking import MlflowTracker, check_tracking_uri, resolve_tracking_uri
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ import threading
 import time
 from pathlib import Path
 
-from aas_ray.experiment.annotation import AnnotationSession
+from aas_ray.orchestration.annotate.session import AnnotationSession
 from aas_ray.orchestration.annotate.server import serve
 
 log = logging.getLogger(__name__)

@@ -32,7 +32,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, field_validator
 
 from aas_ray.checks import InputError
-from aas_ray.experiment.annotation import AnnotationSession
+from aas_ray.orchestration.annotate.session import AnnotationSession
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
@@ -153,12 +153,23 @@ def create_app(session: AnnotationSession, token: str | None = None, serve_mode:
     ``on_complete`` is called once the cycle's last pair is answered (``aas-ray run --serve``
     resumes training from it)."""
     app = FastAPI(title="aas-ray annotation", docs_url=None, redoc_url=None)
-    host_ok = HostCheck(host, port)
+    _guard(app, token, HostCheck(host, port))
+    _pages(app)
 
-    @lru_cache(maxsize=512)
-    def image_bytes(index: int, crop: bool, max_side: int) -> bytes:
-        path, bbox = session.image_path(index)
-        return render(path, bbox, crop, max_side)
+    def done_check(out: dict) -> dict:
+        if out.get("complete") and on_complete is not None:
+            threading.Thread(target=on_complete, daemon=True).start()
+        out["serve_mode"] = serve_mode
+        return out
+
+    _pair_api(app, session, done_check)
+    _image_api(app, session)
+    return app
+
+
+def _guard(app: FastAPI, token: str | None, host_ok: HostCheck) -> None:
+    """What every request passes first: the Host, the token, the Origin of a change, the
+    security headers; and errors as one-line JSON."""
 
     def refusal(request: Request) -> JSONResponse | None:
         """Why ``request`` is not answered (before any route sees it), or None."""
@@ -193,11 +204,9 @@ def create_app(session: AnnotationSession, token: str | None = None, serve_mode:
         # an unknown answer, a run that waits for none, a damaged run-folder file: named in one line
         return JSONResponse({"error": str(err)}, status_code=400)
 
-    def done_check(out: dict) -> dict:
-        if out.get("complete") and on_complete is not None:
-            threading.Thread(target=on_complete, daemon=True).start()
-        out["serve_mode"] = serve_mode
-        return out
+
+def _pages(app: FastAPI) -> None:
+    """The two pages and their static files."""
 
     @app.get("/")
     def page():
@@ -217,6 +226,11 @@ def create_app(session: AnnotationSession, token: str | None = None, serve_mode:
         if name not in allowed:
             raise HTTPException(404)
         return FileResponse(allowed[name])
+
+
+def _pair_api(app: FastAPI, session: AnnotationSession, done_check) -> None:
+    """The pairs of the pending cycle: status, next pair, answer, undo, review and correction;
+    ``done_check`` marks a reply and starts the follow-up once the cycle is complete."""
 
     @app.get("/api/status")
     def status():
@@ -260,6 +274,15 @@ def create_app(session: AnnotationSession, token: str | None = None, serve_mode:
     def correct(body: CorrectIn):
         return done_check(session.correct(body.u, body.v, body.answer, body.client))
 
+
+def _image_api(app: FastAPI, session: AnnotationSession) -> None:
+    """The photos of the run's training images, rendered once per size and kept."""
+
+    @lru_cache(maxsize=512)
+    def image_bytes(index: int, crop: bool, max_side: int) -> bytes:
+        path, bbox = session.image_path(index)
+        return render(path, bbox, crop, max_side)
+
     @app.get("/api/image/{index}")
     def image(index: int, crop: int = 1, max_side: int = 1400):
         try:
@@ -271,8 +294,6 @@ def create_app(session: AnnotationSession, token: str | None = None, serve_mode:
         except OSError:
             raise HTTPException(404, f"image {index} cannot be read") from None
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
-
-    return app
 
 
 def serve(session: AnnotationSession, host: str = "127.0.0.1", port: int = 8700, serve_mode: bool = False,

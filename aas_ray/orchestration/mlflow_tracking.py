@@ -12,13 +12,15 @@ from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from aas_ray.errors import AasRayError
+
 log = logging.getLogger(__name__)
 
 
 EXPERIMENT_KIND = "mlflow.experimentKind"
 
 
-class TrackingError(RuntimeError):
+class TrackingError(AasRayError, RuntimeError):
     pass
 
 

@@ -1,5 +1,5 @@
-"""A person answering a paused run's pairs (docs/method.md §8, §10): the state behind the
-annotation page, one process per run folder.
+"""The annotation session: a person answering a paused run's pairs (docs/method.md §8, §10),
+the state behind the annotation page, one process per run folder.
 
 Every answer goes to the run's journal the moment it is given (fsynced), so closing the
 page, killing the server or losing power loses nothing; reopening continues where the
@@ -24,23 +24,9 @@ from aas_ray.al import Answer, ConstraintStore, total_pairs
 from aas_ray.al.constraints import Annotation
 from aas_ray.checks import InputError
 from aas_ray.config import load_config
-from aas_ray.experiment.annotations import AnnotationJournal, effective
+from aas_ray.experiment.journal import AnnotationJournal, effective
 from aas_ray.experiment.checkpoint import RunState
-from aas_ray.experiment.pending import checked_pending, load_clusters
-
-IMAGES = "images.csv"
-CATALOGUE = "catalogue.json"
-
-
-def write_image_table(run_dir: Path, cat) -> None:
-    """The training images a page may show (index, path below the catalogue root, bbox) and
-    the root they must stay inside; the run folder never holds the truth."""
-    df = pd.DataFrame({"index": np.arange(len(cat)), "image_id": cat.df["image_id"].astype(str),
-                       "path": cat.df["path"].astype(str),
-                       "bbox": cat.df["bbox"].astype(str) if "bbox" in cat.df.columns else ""})
-    df.to_csv(run_dir / IMAGES, index=False)
-    (run_dir / CATALOGUE).write_text(json.dumps({"name": cat.name, "root": str(Path(cat.root).resolve())}))
-
+from aas_ray.experiment.pending import CATALOGUE, IMAGES, checked_pending, load_clusters
 
 @dataclass
 class Lease:
