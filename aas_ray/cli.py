@@ -140,6 +140,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_annotate(args) -> int:
+    from aas_ray.experiment.run_folder import RunFolder
     from aas_ray.orchestration.annotate.session import AnnotationSession
     from aas_ray.orchestration.annotate.server import serve
     from aas_ray.orchestration.run import find_run_dir
@@ -148,7 +149,7 @@ def cmd_annotate(args) -> int:
     run_dir = find_run_dir(args.run, args.output_dir)
     # The page is the run folder's single writer while it is up: a --resume waits for it.
     with RunLock(run_dir):
-        session = AnnotationSession(run_dir)
+        session = AnnotationSession(RunFolder(run_dir))
         status = session.status()
         if not status["waiting"]:
             log.warning("run %s waits for no answers now (finished: %s); the review page still shows its answers",

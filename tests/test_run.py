@@ -169,13 +169,13 @@ def test_resume_after_sigkill_mid_training(tmp_path):
     continuous history (every step once) and no pair asked twice."""
     run_dir = killed_at(tmp_path, """
         import os, signal
-        from aas_ray.experiment import trainer
-        _orig = trainer.SpCLTrainer.train_epoch
+        from aas_ray.experiment import learner
+        _orig = learner.Learner.train_epoch
         def train_epoch(self, labels, epoch):
             if epoch == 2:
                 os.kill(os.getpid(), signal.SIGKILL)
             return _orig(self, labels, epoch)
-        trainer.SpCLTrainer.train_epoch = train_epoch
+        learner.Learner.train_epoch = train_epoch
     """)
     before = [ln for ln in (run_dir / "annotations.jsonl").read_text().splitlines() if ln]
     assert main(resume_args(tmp_path, run_dir)) == 0
@@ -197,7 +197,7 @@ def test_kill_between_checkpoint_and_metrics_loses_no_metric(tmp_path):
     the epoch is done, and the resumed run logs its metrics exactly once."""
     run_dir = killed_at(tmp_path, """
         import os, signal
-        from aas_ray.orchestration import tracking
+        from aas_ray.orchestration import mlflow_tracking as tracking
         _orig = tracking.MlflowTracker.log_metrics_once
         def log_metrics_once(self, metrics, step):
             if step == 2 and "train/loss" in metrics:
@@ -244,7 +244,7 @@ def test_kill_between_the_mlflow_run_and_its_folder_leaves_no_orphan(tmp_path, c
     id, marks the run KILLED and says how to continue it."""
     started = killed_at(tmp_path, """
         import os, signal
-        from aas_ray.orchestration import tracking
+        from aas_ray.orchestration import mlflow_tracking as tracking
         _create = tracking.MlflowTracker.create.__func__
         def create(cls, *args, **kwargs):
             _create(cls, *args, **kwargs)
@@ -270,7 +270,7 @@ def test_kill_between_the_mlflow_run_and_its_folder_leaves_no_orphan(tmp_path, c
 def test_kill_before_the_mlflow_run_leaves_nothing_behind(tmp_path, caplog):
     started = killed_at(tmp_path, """
         import os, signal
-        from aas_ray.orchestration import tracking
+        from aas_ray.orchestration import mlflow_tracking as tracking
         def create(cls, *args, **kwargs):
             os.kill(os.getpid(), signal.SIGKILL)
         tracking.MlflowTracker.create = classmethod(create)
@@ -325,14 +325,14 @@ def test_ctrl_c_leaves_the_run_killed_with_the_way_back(tmp_path):
     proc = subprocess.Popen(patched(tmp_path, f"""
         import time
         from pathlib import Path
-        from aas_ray.experiment import trainer
-        _orig = trainer.SpCLTrainer.train_epoch
+        from aas_ray.experiment import learner
+        _orig = learner.Learner.train_epoch
         def train_epoch(self, labels, epoch):
             if epoch == 2:
                 Path({str(ready)!r}).touch()
                 time.sleep(600)
             return _orig(self, labels, epoch)
-        trainer.SpCLTrainer.train_epoch = train_epoch
+        learner.Learner.train_epoch = train_epoch
     """), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 300
@@ -462,6 +462,7 @@ def test_a_fresh_cache_and_a_warm_one_train_alike(tmp_path):
     import torch
 
     from aas_ray.config import load_config
+    from aas_ray.experiment.run_folder import RunFolder
     from aas_ray.experiment.trainer import SpCLTrainer
 
     sets = TINY + [f"data.cache_dir={tmp_path / 'cache'}", "train.epochs=2", "train.eval_every=2",
@@ -469,8 +470,8 @@ def test_a_fresh_cache_and_a_warm_one_train_alike(tmp_path):
     cfg = load_config(None, sets)
     finals = []
     for name in ("cold", "warm"):
-        trainer = SpCLTrainer(cfg, tmp_path / name, progress=False)
+        trainer = SpCLTrainer(cfg, RunFolder(tmp_path / name), progress=False)
         trainer.run()
-        finals.append((trainer.state.evals[-1]["mAP"], trainer.memory.features.clone()))
+        finals.append((trainer.state.evals[-1]["mAP"], trainer.learner.memory.features.clone()))
     assert finals[0][0] == finals[1][0]
     assert torch.equal(finals[0][1], finals[1][1])

@@ -242,9 +242,10 @@ def tune_cli(args) -> int:
         results = tuner.fit()
     except BaseException:
         parent.finish("FAILED")
+        raise
+    finally:  # the clustering actors serve the trials only
         for a in actors:
             ray.kill(a)
-        raise
     errors = results.errors
     df = results.get_dataframe()
     out = storage / f"{study.study}-{parent.run_id[:8]}" / "summary"
@@ -279,6 +280,4 @@ def tune_cli(args) -> int:
     for name in ("aggregate.txt", "paired.txt"):
         if (out / name).is_file():
             print((out / name).read_text())
-    for a in actors:
-        ray.kill(a)
     return 0 if not errors else 1
