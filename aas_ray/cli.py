@@ -7,7 +7,9 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 log = logging.getLogger("aas_ray")
@@ -319,11 +321,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
     from aas_ray.errors import AasRayError
 
+    # A kill (SIGTERM: a scheduler's time limit, `kill`, a stopped container) ends a command as
+    # Ctrl-C does: runs are marked KILLED with their resume command, child processes stopped.
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None
     try:
         return int(args.func(args) or 0)
     except (AasRayError, FileNotFoundError) as err:
@@ -332,6 +342,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         log.error("interrupted")
         return 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

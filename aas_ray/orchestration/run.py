@@ -11,9 +11,13 @@ a copy of another run's folder is refused, so that it never changes that run.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
+import signal
+import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -348,11 +352,52 @@ def _child_setup(threads: int, gpus) -> None:
     # Each process gets its share of the cores: two strategies at one thread each go faster
     # than one after the other at two threads, and neither steals the other's cores. It takes
     # its GPU (if any) before anything touches CUDA: device auto is then that GPU alone.
+    _child_signals()
     gpu = gpus.get()
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     logging.basicConfig(level=logging.INFO)  # its format is set per strategy in _train_prepared
     use_threads(threads)
+
+
+def _interrupt_once(signum, frame):
+    # Ctrl-C reaches the children from the terminal and again from the driver that stops
+    # them: the second must not cut short the first's clean-up (marking the run KILLED).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _child_signals() -> None:
+    """A child ends as after Ctrl-C on SIGINT and SIGTERM, and (Linux) the kernel sends it
+    SIGTERM when the driver that started it dies, even by SIGKILL: no child goes on training
+    for a driver that is gone."""
+    signal.signal(signal.SIGINT, _interrupt_once)
+    signal.signal(signal.SIGTERM, _interrupt)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _stop_children(grace_s: float = 60.0) -> None:
+    """Ctrl-C to every child process still training: each marks its run KILLED with its resume
+    command; one that has not ended after ``grace_s`` is terminated (the next command marks
+    its run KILLED)."""
+    import multiprocessing
+
+    children = multiprocessing.active_children()
+    for child in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child.pid, signal.SIGINT)
+    deadline = time.monotonic() + grace_s
+    for child in children:
+        child.join(max(0.0, deadline - time.monotonic()))
+        if child.is_alive():
+            child.terminate()
 
 
 def _train_prepared(cfg: Config, uri: str, run_dir: str) -> tuple[str, RunOutcome]:
@@ -383,9 +428,18 @@ def train_side_by_side(configs: list[Config], uri: str, parallel: int) -> list[t
         queue.put(gpu)
     log.info("training %d strategies, %d at a time, %d thread(s) each%s", len(configs), parallel, threads,
              f", on GPUs {gpus}" if gpus[0] is not None else "")
-    with ProcessPoolExecutor(parallel, mp_context=ctx, initializer=_child_setup, initargs=(threads, queue)) as pool:
+    pool = ProcessPoolExecutor(parallel, mp_context=ctx, initializer=_child_setup, initargs=(threads, queue))
+    try:
         futures = [pool.submit(_train_prepared, one, uri, d) for one, d in zip(configs, run_dirs)]
         return [f.result() for f in futures]
+    except BaseException:
+        # Interrupted (Ctrl-C, SIGTERM) or one strategy failed: nothing more starts, and the
+        # strategies still training stop as after Ctrl-C (resumable) instead of going on alone.
+        pool.shutdown(wait=False, cancel_futures=True)
+        _stop_children()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def run_cli(args, cfg: Config, strategies: list[str]) -> int:
