@@ -1,4 +1,5 @@
-"""The ``aas-ray`` command: datasets, evaluate, simulate, run, tune, doctor."""
+"""The ``aas-ray`` command: datasets, evaluate, simulate, run, annotate, individuals, match, report, cache, tune,
+doctor."""
 
 from __future__ import annotations
 
@@ -155,6 +156,18 @@ def cmd_annotate(args) -> int:
     return 0
 
 
+def cmd_individuals(args) -> int:
+    from aas_ray.orchestration.individuals import individuals_cli
+
+    return individuals_cli(args)
+
+
+def cmd_match(args) -> int:
+    from aas_ray.orchestration.match import match_cli
+
+    return match_cli(args)
+
+
 def cmd_report(args) -> int:
     from aas_ray.orchestration.report import build_report
     from aas_ray.orchestration.tracking import check_tracking_uri, resolve_tracking_uri
@@ -265,6 +278,22 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--output-dir", default="runs", help="where run folders are (for a run id)")
     _add_page_args(a)
     a.set_defaults(func=cmd_annotate)
+
+    i = sub.add_parser("individuals", help="a finished run's individuals: summary and an HTML contact sheet")
+    i.add_argument("run", help="run folder or MLflow run id")
+    i.add_argument("--output-dir", default="runs", help="where run folders are (for a run id)")
+    i.add_argument("--per-row", type=int, default=12, help="thumbnails per individual (nearest its medoid first)")
+    i.add_argument("--max-rows", type=int, default=500, help="individuals on the page (largest first)")
+    i.set_defaults(func=cmd_individuals)
+
+    m = sub.add_parser("match", help="rank new photos against a finished run's individuals (CSV + HTML)")
+    m.add_argument("run", help="run folder or MLflow run id")
+    m.add_argument("photos", help="a folder of images (searched recursively) or a CSV with a 'path' column")
+    m.add_argument("--output-dir", default="runs", help="where run folders are (for a run id)")
+    m.add_argument("--out", help="output folder (default: <run>/match-<photos name>)")
+    m.add_argument("--top-k", type=int, default=5, help="individuals listed per photo")
+    m.add_argument("--device", help="auto | cpu | cuda (default: the run's model.device)")
+    m.set_defaults(func=cmd_match)
 
     rp = sub.add_parser("report", help="Table 1 and budget curves of a study, rebuilt from the tracking store")
     rp.add_argument("study", help="the study's name (its `study:` key)")

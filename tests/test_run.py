@@ -453,3 +453,24 @@ def test_unreachable_tracking_server_fails_fast(tmp_path, caplog):
     assert "unreachable" in caplog.text
     assert time.time() - t < 30
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_a_fresh_cache_and_a_warm_one_train_alike(tmp_path):
+    """A first run fills the feature cache (building a backbone, which draws from torch's
+    generator); a second run of the same seed finds it full. Both must train the same."""
+    import torch
+
+    from aas_ray.config import load_config
+    from aas_ray.experiment.trainer import SpCLTrainer
+
+    sets = TINY + [f"data.cache_dir={tmp_path / 'cache'}", "train.epochs=2", "train.eval_every=2",
+                   "tracking.log_model=false", "al.strategy=random"]
+    cfg = load_config(None, sets)
+    finals = []
+    for name in ("cold", "warm"):
+        trainer = SpCLTrainer(cfg, tmp_path / name, progress=False)
+        trainer.run()
+        finals.append((trainer.state.evals[-1]["mAP"], trainer.memory.features.clone()))
+    assert finals[0][0] == finals[1][0]
+    assert torch.equal(finals[0][1], finals[1][1])

@@ -53,6 +53,14 @@ def load_rgb(path: Path, bbox=None, size: tuple[int, int] | None = None) -> Imag
     return im
 
 
+def thumbnail(path: Path, bbox=None, max_side: int = 160) -> Image.Image:
+    """A copy of an image (cropped to ``bbox``) at most ``max_side`` pixels on its longer side,
+    for a page; a JPEG is decoded at a reduced scale, so a large photo is never held whole."""
+    im = load_rgb(path, bbox, (max_side, max_side))
+    im.thumbnail((max_side, max_side))
+    return im
+
+
 def _parse_bbox(bbox):
     if isinstance(bbox, str):
         vals = [float(v) for v in bbox.strip("[]() ").replace(",", " ").split()]

@@ -30,14 +30,18 @@ class PreparedData:
         return self.cat.df["identity"].to_numpy()
 
 
+def checked_catalogue(cat: Catalogue, cfg, skip_bad: bool, progress: bool = True) -> Catalogue:
+    """``cat`` with every image checked and, with ``data.image_cache``, decoded once at the
+    network's input size; a bad image is an error naming it, or with ``skip_bad`` dropped."""
+    if cfg.data.image_cache:
+        return cached_catalogue(cat, tuple(cfg.model.image_size), cfg.data.cache_dir, skip_bad, progress)
+    return check_images(cat, skip_bad)
+
+
 def prepare_data(cfg, progress: bool = True) -> PreparedData:
     """Catalogue with every image checked (and, with ``data.image_cache``, decoded once at the
     network's input size), and the train/test assignment (docs/method.md §11)."""
-    cat = load_catalogue(cfg.data, progress)
-    if cfg.data.image_cache:
-        cat = cached_catalogue(cat, tuple(cfg.model.image_size), cfg.data.cache_dir, cfg.data.skip_bad_images, progress)
-    else:
-        cat = check_images(cat, cfg.data.skip_bad_images)
+    cat = checked_catalogue(load_catalogue(cfg.data, progress), cfg, cfg.data.skip_bad_images, progress)
     if cfg.data.use_split and "split" in cat.df.columns:
         is_test = (cat.df["split"] == "test").to_numpy()
     else:

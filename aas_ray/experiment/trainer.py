@@ -12,6 +12,9 @@ A run, in the order it meets its parts:
   AL cycle due before this epoch, refine with NP3, apply the self-paced filter. With a
   person as the oracle the cycle's pairs go out to ``pending-cycle-<k>.csv`` and the run
   pauses (:class:`RunOutcome` says so); ``--resume`` imports the answers and goes on.
+* **the end** (:meth:`export`): tables, final weights, and what the run leaves its user:
+  the individuals of the training images, their embeddings and the "new individual"
+  threshold (docs/method.md §16).
 
 Distribution (Ray Train DDP) lives in :mod:`aas_ray.orchestration.ddp`, which overrides
 the hooks marked below. Whoever needs to hear of each finished epoch (a Ray Tune trial
@@ -44,6 +47,7 @@ from aas_ray.experiment.annotations import AnnotationJournal
 from aas_ray.experiment.checkpoint import (RunState, load_checkpoint, restore_optimizer, restore_scaler,
                                           save_checkpoint)
 from aas_ray.experiment.cycle import SAMPLED, ALCycle, Pending
+from aas_ray.experiment.individuals import write_run_outputs
 from aas_ray.experiment.labels import label_diagnostics, refine, training_labels
 from aas_ray.experiment.pending import PersonInTheLoop
 from aas_ray.experiment.prepare import Experiment, prepare_experiment, save_split
@@ -101,8 +105,11 @@ class SpCLTrainer:
         self.journal = AnnotationJournal(self.dir / "annotations.jsonl")
         # Where the per-epoch clustering runs: here, or a Ray actor (orchestration layer).
         self.clusterer = build_views_local
-        torch.manual_seed(cfg.seed)
         self.exp = experiment or prepare_experiment(cfg, progress)
+        # Seeded after the experiment is ready: preparing it may build a backbone to fill the
+        # feature cache (drawing from torch's generator) or find the cache full, and a run must
+        # not depend on which (a fresh machine and a second run of the same seed train alike).
+        torch.manual_seed(cfg.seed)
         self.train_cat = self.exp.train_cat
         self.truth = self.exp.truth
         n = len(self.train_cat)
@@ -247,7 +254,7 @@ class SpCLTrainer:
         cfg = self.cfg
         if cfg.al.strategy == "supervised":
             # The skyline: every training image labelled with its true identity, no clustering.
-            return EpochLabels(np.unique(self.truth, return_inverse=True)[1].astype(np.int64), {})
+            return EpochLabels(self.true_labels(), {})
         x = self.memory.features.detach().float().cpu().numpy()
         c = self.cycle_at(epoch)
         done = c is None or any(r["cycle"] == c for r in self.state.cycles)
@@ -283,6 +290,16 @@ class SpCLTrainer:
                         "oracle/constraints_cl": int(self.store.cannot_links().shape[0])})
         metrics.update(label_diagnostics(views.labels_a, self.store, refined, labels, self.truth))
         return EpochLabels(labels, metrics)
+
+    def true_labels(self) -> np.ndarray:
+        return np.unique(self.truth, return_inverse=True)[1].astype(np.int64)
+
+    def final_labels(self, x: np.ndarray) -> np.ndarray:
+        """The individuals at the end (docs/method.md §16): the final memory features clustered
+        as for one more epoch and NP3-refined with every answer (the skyline: the truth)."""
+        if self.cfg.al.strategy == "supervised":
+            return self.true_labels()
+        return refine(self.clusterer(x, self.cfg, False).labels_a, self.store, x)
 
     def _keep_cycle_row(self, row: dict) -> None:
         self.state.cycles = [r for r in self.state.cycles if r["cycle"] != row["cycle"]] + [row]
@@ -380,12 +397,21 @@ class SpCLTrainer:
                      metrics["train/loss"], metrics.get("views/clusters", "-"), metrics.get("views/instances", "-"),
                      f"{metrics['labels/train_f1']:.3f}" if "labels/train_f1" in metrics else "-",
                      f", mAP {metrics['eval/mAP']:.4f}" if "eval/mAP" in metrics else "")
+        embeddings = self.final_embeddings()
         if self.is_main:
-            self.export()
+            self.export(*embeddings)
         return RunOutcome(True, self.state.evals[-1] if self.state.evals else {})
 
-    def export(self) -> None:
-        """Tables and final weights in the run folder (the tracker uploads them)."""
+    def final_embeddings(self) -> tuple[np.ndarray, np.ndarray]:
+        """The final model's embeddings of the training images and of the queries, in one pass
+        (under DDP every worker embeds its share)."""
+        split = self.exp.split
+        feats = self.extract(self.exp.data.cat.subset(np.concatenate([split.train, split.query])))
+        return feats[:split.train.size], feats[split.train.size:]
+
+    def export(self, train_embeddings: np.ndarray, query_embeddings: np.ndarray) -> None:
+        """Tables, final weights, the individuals, their embeddings and the open-set threshold
+        in the run folder (the tracker uploads them)."""
         if self.state.cycles:
             pd.DataFrame(self.state.cycles).to_csv(self.dir / "cycles.csv", index=False)
         pd.DataFrame(self.state.evals).to_csv(self.dir / "evals.csv", index=False)
@@ -393,6 +419,13 @@ class SpCLTrainer:
 
         save_file({k: v.contiguous().cpu() for k, v in self.model.state_dict().items()},
                   str(self.dir / "weights.safetensors"))
+        x = self.memory.features.detach().float().cpu().numpy()
+        split = self.exp.split
+        known = np.isin(self.exp.data.identities[split.query], split.known_identities)
+        open_set = write_run_outputs(self.dir, self.train_cat, self.final_labels(x), x,
+                                     self.store.ml_closure_labels() >= 0, train_embeddings, query_embeddings, known)
+        log.info("new-individual threshold %.4f (Youden's J on %d known / %d unknown queries, AUC %.3f)",
+                 open_set["threshold"], open_set["known_queries"], open_set["unknown_queries"], open_set["auc"])
 
 
 def cycle_metrics(row: dict) -> dict:

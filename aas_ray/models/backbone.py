@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import sys
 from pathlib import Path
 
 import timm
@@ -102,12 +103,37 @@ class ReIDNet(nn.Module):
         return F.normalize(self.neck(self.backbone(x)), dim=1)
 
 
+def create_backbone(arch: str, image_size, pretrained: bool) -> nn.Module:
+    """A timm model without classifier, built for ``image_size`` (height, width) when its
+    family takes an input size: position embeddings (ViT, DeiT, DINOv2) and attention
+    windows (Swin) depend on it, with ``dynamic_img_size`` where the family supports it.
+    Families that take no size (CNNs) are detected by timm refusing the keyword and built
+    without it."""
+    size = (int(image_size[0]), int(image_size[1]))
+    for extra in ({"img_size": size, "dynamic_img_size": True}, {"img_size": size}):
+        try:
+            return timm.create_model(arch, pretrained=pretrained, num_classes=0, **extra)
+        except TypeError as err:
+            if not any(f"'{key}'" in str(err) for key in extra):
+                raise
+    return timm.create_model(arch, pretrained=pretrained, num_classes=0)
+
+
+def fit_checkpoint(state: dict, backbone: nn.Module) -> dict:
+    """``state`` made to fit ``backbone`` by timm's own converter for its family, when it has
+    one (``checkpoint_filter_fn``, as for pretrained weights): position embeddings and
+    relative-position tables are resampled to this input size, original-format checkpoints
+    converted."""
+    convert = getattr(sys.modules.get(type(backbone).__module__), "checkpoint_filter_fn", None)
+    return convert(state, backbone) if convert is not None else state
+
+
 def build_model(model_cfg) -> ReIDNet:
-    """The configured backbone as a :class:`ReIDNet`.
+    """The configured backbone as a :class:`ReIDNet`, built for ``model.image_size``.
 
     ``weights: builtin:efficientnet_lite0`` (offline ImageNet), ``weights: <file>`` (local
-    checkpoint of the timm model), or ``pretrained: true`` (timm hub, MegaDescriptor via
-    ``arch: hf-hub:BVRA/MegaDescriptor-T-224``; needs network).
+    checkpoint of the timm model, at any input size), or ``pretrained: true`` (timm hub,
+    MegaDescriptor via ``arch: hf-hub:BVRA/MegaDescriptor-T-224``; needs network).
     """
     arch, state = model_cfg.arch, None
     w = model_cfg.weights
@@ -119,7 +145,7 @@ def build_model(model_cfg) -> ReIDNet:
     elif w:
         state = read_checkpoint(w)
     try:
-        backbone = timm.create_model(arch, pretrained=model_cfg.pretrained and state is None, num_classes=0)
+        backbone = create_backbone(arch, model_cfg.image_size, model_cfg.pretrained and state is None)
     except RuntimeError as err:
         raise ModelError(f"cannot create timm model {arch!r}: {err}") from None
     except Exception as err:  # hub failures: say that the network is the likely cause
@@ -131,8 +157,13 @@ def build_model(model_cfg) -> ReIDNet:
         raise
     if state is not None:
         # A classifier head in the checkpoint is irrelevant to a feature extractor.
+        state = fit_checkpoint(state, backbone)
         state = {k: v for k, v in state.items() if not k.startswith(("classifier.", "fc.", "head.fc."))}
-        missing, unexpected = backbone.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = backbone.load_state_dict(state, strict=False)
+        except RuntimeError as err:  # shapes that even timm's converter could not fit
+            raise ModelError(f"weights {w} do not fit {arch!r} at image_size {tuple(model_cfg.image_size)}: "
+                             f"{str(err).splitlines()[-1].strip()}") from None
         if missing or unexpected:
             raise ModelError(
                 f"weights do not match {arch!r}: missing {missing[:5]}, unexpected {unexpected[:5]}"
@@ -140,3 +171,23 @@ def build_model(model_cfg) -> ReIDNet:
     cfg = backbone.pretrained_cfg or {}
     mean_std = (tuple(cfg.get("mean", (0.485, 0.456, 0.406))), tuple(cfg.get("std", (0.229, 0.224, 0.225))))
     return ReIDNet(backbone, mean_std)
+
+
+def load_trained(model_cfg, weights: str | Path) -> ReIDNet:
+    """A run's network in eval mode: the configured architecture at its input size with the
+    run's final weights (``weights.safetensors``: backbone and neck). The starting weights
+    are not read again (a local checkpoint may be gone, hub weights need no download); an
+    ``hf-hub:`` architecture still reads its definition from the hub or its local cache."""
+    from safetensors.torch import load_file
+
+    p = Path(weights)
+    if not p.is_file():
+        raise ModelError(f"weights file not found: {p}")
+    start = model_cfg.weights if (model_cfg.weights or "").startswith(BUILTIN_PREFIX) else None
+    model = build_model(model_cfg.model_copy(update={"pretrained": False, "weights": start}))
+    try:
+        model.load_state_dict(load_file(str(p)))
+    except RuntimeError as err:
+        raise ModelError(f"{p} does not hold the weights of {model_cfg.arch!r} at image_size "
+                         f"{tuple(model_cfg.image_size)}: {str(err).splitlines()[0]}") from None
+    return model.eval()

@@ -23,11 +23,13 @@ import pandas as pd
 from aas_ray.checks import InputError
 from aas_ray.config import Config, ConfigError, build_config, dump_config, load_config
 from aas_ray.experiment.checkpoint import NoSpaceLeft, RunState
+from aas_ray.experiment.individuals import INDIVIDUALS, OPEN_SET, read_run_outputs
 from aas_ray.experiment.prepare import Experiment, prepare_data, prepare_experiment
 from aas_ray.experiment.pending import awaiting_message
 from aas_ray.experiment.trainer import EpochListener, RunOutcome, SpCLTrainer
 from aas_ray.eval.paired import mean_interval
 from aas_ray.orchestration.compare import BOUNDS, bounds_in_store, config_key, format_paired, gap_closed, paired_table
+from aas_ray.orchestration.embedder import log_embedder
 from aas_ray.orchestration.plots import map_vs_budget
 from aas_ray.orchestration.resources import child_gpus, use_threads, visible_gpus
 from aas_ray.orchestration.runlock import RunLock, RunLocked
@@ -43,17 +45,17 @@ RUN_DIR_TAG = "aas_ray.run_dir"
 STARTING = ".starting-"
 STARTED_IN = ".tracking_uri"
 ARTIFACTS = ("config.yaml", "split.csv", "pairs.csv", "annotations.jsonl", "cycles.csv", "evals.csv",
-             "map_vs_budget.png", "weights.safetensors")
+             "map_vs_budget.png", "weights.safetensors", INDIVIDUALS, OPEN_SET)
 TABLE = ("mAP", "mINP", "top1", "top5", "BAKS", "auc_roc", "utilised_budget", "pairs")
 
 
-def find_run_dir(ref: str, output_dir: str) -> Path:
+def find_run_dir(ref: str, output_dir: str, what: str = "resumable run") -> Path:
     """A run folder given its path or its MLflow run id (the folder name)."""
     for p in (Path(ref), Path(output_dir) / ref):
         if (p / "state.json").is_file():
             return p
     where = Path(ref) if Path(ref).parent != Path(".") else Path(output_dir) / ref
-    raise InputError(f"no resumable run {ref!r}: {where} holds no state.json (give a run folder or an MLflow "
+    raise InputError(f"no {what} {ref!r}: {where} holds no state.json (give a run folder or an MLflow "
                      f"run id under {output_dir}/)")
 
 
@@ -278,8 +280,21 @@ def train_one(cfg: Config, uri: str, run_dir: Path | None = None, progress: bool
         map_vs_budget({cfg.al.strategy: evals}, run_dir / "map_vs_budget.png", f"{cfg.data.name} / {cfg.al.strategy}")
         for name in ARTIFACTS:
             tracker.log_artifact(run_dir / name)
+        tracker.log_metrics_once(outputs_metrics(run_dir), step=int(evals["step"].max()))
+        if cfg.tracking.log_model:
+            log_embedder(uri, tracker.run_id, cfg, run_dir)
         tracker.finish()
     return tracker.run_id, outcome
+
+
+def outputs_metrics(run_dir: Path) -> dict:
+    """The run's individuals and its new-individual threshold as metrics (docs/method.md §16)."""
+    out = read_run_outputs(run_dir, with_embeddings=False)
+    sizes = out.individuals.groupby("individual").size()
+    o = out.open_set
+    return {"eval/new_individual_threshold": o["threshold"], "eval/new_individual_known_accepted": o["known_accepted"],
+            "eval/new_individual_unknown_flagged": o["unknown_flagged"], "labels/individuals": int((sizes > 1).sum()),
+            "labels/singletons": int((sizes == 1).sum())}
 
 
 def log_gap_closed(uri: str, cfg: Config, run_id: str, final: dict, known: dict[str, float]) -> float:

@@ -53,6 +53,8 @@ class StudyConfig(BaseModel):
     max_failures: int = Field(1, ge=0, description="times a failed trial is retried, from its last checkpoint")
     scheduler: Scheduler = Field(default_factory=Scheduler, description="kind: train: stop hopeless trials early "
                                  "({asha: {grace_period, reduction_factor}}); none by default")
+    register_model: str | None = Field(
+        None, description="kind: train: register the best trial's MLflow model under this name (off by default)")
 
 
 def _first_value(space: dict):
@@ -101,6 +103,10 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> tuple[St
     if study.kind == "simulate" and study.scheduler.asha is not None:
         raise ConfigError(f"{path}: scheduler: a simulation reports once, at its end, so no scheduler can stop it "
                           "early; scheduler needs kind: train")
+    logs_model = trial_config(base_raw, {"data.name": study.datasets[0]}, study).tracking.log_model
+    if study.register_model and (study.kind != "train" or not logs_model):
+        raise ConfigError(f"{path}: register_model needs kind: train with tracking.log_model: true (a simulation "
+                          "trains no model)")
     if study.kind == "simulate":
         strategies = next(iter(study.search["al.strategy"].values())) if "al.strategy" in study.search else \
             [trial_config(base_raw, {"data.name": study.datasets[0]}, study).al.strategy]

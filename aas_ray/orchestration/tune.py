@@ -144,7 +144,8 @@ def train_trial(cfg, ctx: dict, tags: dict, earlier) -> None:
     run_id, outcome = train_one(cfg, uri, run_dir, progress=False, parent_run_id=ctx["parent"], extra_tags=tags,
                                 on_epoch=reporter)
     with folder_checkpoint(Path(cfg.output_dir) / run_id, tune.Checkpoint) as checkpoint:
-        tune.report(reporter.result(outcome.final, cfg.train.epochs), checkpoint=checkpoint)
+        tune.report(reporter.result(outcome.final, cfg.train.epochs) | {"mlflow_run_id": run_id},
+                    checkpoint=checkpoint)
 
 
 class EpochReporter:
@@ -162,7 +163,7 @@ class EpochReporter:
             return
         row = {k.removeprefix("eval/"): v for k, v in metrics.items() if k.startswith("eval/")}
         with folder_checkpoint(run_dir, tune.Checkpoint) as checkpoint:
-            tune.report(self.result(row, epoch + 1), checkpoint=checkpoint)
+            tune.report(self.result(row, epoch + 1) | {"mlflow_run_id": run_dir.name}, checkpoint=checkpoint)
 
     def result(self, evaluation: dict, epochs_done: int) -> dict:
         """A report: the evaluation's numbers, ``epoch`` (epochs trained, ASHA's time) and
@@ -194,7 +195,7 @@ def finished_result(run, kind: str) -> dict:
     if kind == "train":
         epochs = int(run.data.params["train.epochs"])
         out = {k.removeprefix("eval/"): v for k, v in metrics.items() if k.startswith("eval/")}
-        return out | {"epoch": epochs, "epochs": epochs}
+        return out | {"epoch": epochs, "epochs": epochs, "mlflow_run_id": run.info.run_id}
     return {k: v for k, v in metrics.items() if k in SIM_METRICS}
 
 
@@ -541,6 +542,8 @@ def finish_study(results, study: StudyConfig, base_cfg, name: str, uri: str, par
     for f in ("aggregate.txt", "paired.txt"):
         if (out / f).is_file():
             print((out / f).read_text())
+    if study.register_model and counts["finished"] and not counts["unfinished"]:
+        register_best(df, study, uri, parent)
     if counts["unfinished"]:
         parent.finish("KILLED")
         log.warning("study %s stopped with %d of %d trials unfinished; continue it with: %s", study.study,
@@ -548,3 +551,19 @@ def finish_study(results, study: StudyConfig, base_cfg, name: str, uri: str, par
         return 1
     parent.finish("FAILED" if counts["failed"] else "FINISHED")
     return 1 if counts["failed"] else 0
+
+
+def register_best(df: pd.DataFrame, study: StudyConfig, uri: str, parent: MlflowTracker) -> None:
+    """The best finished trial's MLflow model registered under ``register_model`` (a trial
+    stopped early is not a candidate: it trained for fewer epochs)."""
+    from aas_ray.orchestration.embedder import register_model
+
+    finished = df[(df["status"] == "finished") & df[study.metric].notna()]
+    if finished.empty:
+        log.warning("no finished trial reported %s: no model registered as %s", study.metric, study.register_model)
+        return
+    best = finished.loc[finished[study.metric].idxmax() if study.mode == "max" else finished[study.metric].idxmin(),
+                        "mlflow_run_id"]
+    version = register_model(uri, best, study.register_model)
+    parent.set_tag("registered_model", f"{study.register_model} version {version} (run {best})")
+    log.info("best trial's model (run %s) registered as %s version %s", best, study.register_model, version)
