@@ -212,7 +212,8 @@ def test_a_training_study_runs_on_both_nodes_with_shared_storage(tmp_path, clust
     study = {"study": "two-nodes", "kind": "train", "base": str(REPO / "tune_configs" / "demo.yaml"),
              "overrides": {**TINY, "output_dir": str(tmp_path / "runs")},  # caches: ~/.cache/aas-ray of each node
              "datasets": ["synthetic"], "search": {"al.strategy": {"grid": ["none", "aas"]}},
-             "max_concurrent_trials": 2, "resources_per_trial": {"cpu": 1}, "metric": "mAP"}
+             "max_concurrent_trials": 2, "resources_per_trial": {"cpu": 1}, "metric": "mAP",
+             "register_model": "two-nodes-embedder"}
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(study))
     node2_cache = cluster.homes["node2"] / ".cache" / "aas-ray"
@@ -243,6 +244,12 @@ def test_a_training_study_runs_on_both_nodes_with_shared_storage(tmp_path, clust
         assert json.loads((shared / c.info.run_id / "state.json").read_text())["finished"]
         assert "evals.csv" in {a.path for a in client.list_artifacts(c.info.run_id)}
     assert list((shared / "tune").glob("two-nodes-*/tuner.pkl"))
+    # each trial's model logged through the server, the better one registered by the driver
+    top = max(c.data.metrics["eval/mAP"] for c in children)
+    best = {c.info.run_id for c in children if c.data.metrics["eval/mAP"] == top}
+    registered = client.get_model_version("two-nodes-embedder", "1").run_id
+    assert registered in best
+    assert parent.data.tags["registered_model"] == f"two-nodes-embedder version 1 (run {registered})"
     assert list((node2_cache / "features").glob("*.npy")) and list(node2_cache.glob("synthetic-*/catalogue.csv"))
 
 

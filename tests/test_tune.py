@@ -24,7 +24,8 @@ pytestmark = pytest.mark.slow
 TINY = {"data.synthetic.identities": 10, "data.synthetic.families": 4, "data.synthetic.min_images": 4,
         "data.synthetic.max_images": 8, "data.synthetic.image_size": 48, "model.image_size": [64, 64],
         "cluster.k1": 10, "cluster.k2": 3, "al.budget_fraction": 0.01, "al.cycles": 2, "al.every": 1,
-        "train.iters": 2, "train.batch_size": 16, "train.eval_every": 1}
+        "train.iters": 2, "train.batch_size": 16, "train.eval_every": 1,
+        "tracking.log_model": False}  # the MLflow model: tests/test_after_run.py
 # A driver of its own: a local Ray started (and ended) by it, never a cluster found on the machine.
 ENV = dict(os.environ, PYTHONPATH=str(REPO), RAY_ADDRESS="local", TQDM_DISABLE="1")
 
