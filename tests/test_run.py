@@ -198,7 +198,7 @@ def test_kill_between_checkpoint_and_metrics_loses_no_metric(tmp_path):
     the epoch is done, and the resumed run logs its metrics exactly once."""
     run_dir = killed_at(tmp_path, """
         import os, signal
-        from aas_ray.orchestration import tracking
+        from aas_ray.orchestration import mlflow_tracking as tracking
         _orig = tracking.MlflowTracker.log_metrics_once
         def log_metrics_once(self, metrics, step):
             if step == 2 and "train/loss" in metrics:
@@ -245,7 +245,7 @@ def test_kill_between_the_mlflow_run_and_its_folder_leaves_no_orphan(tmp_path, c
     id, marks the run KILLED and says how to continue it."""
     started = killed_at(tmp_path, """
         import os, signal
-        from aas_ray.orchestration import tracking
+        from aas_ray.orchestration import mlflow_tracking as tracking
         _create = tracking.MlflowTracker.create.__func__
         def create(cls, *args, **kwargs):
             _create(cls, *args, **kwargs)
@@ -271,7 +271,7 @@ def test_kill_between_the_mlflow_run_and_its_folder_leaves_no_orphan(tmp_path, c
 def test_kill_before_the_mlflow_run_leaves_nothing_behind(tmp_path, caplog):
     started = killed_at(tmp_path, """
         import os, signal
-        from aas_ray.orchestration import tracking
+        from aas_ray.orchestration import mlflow_tracking as tracking
         def create(cls, *args, **kwargs):
             os.kill(os.getpid(), signal.SIGKILL)
         tracking.MlflowTracker.create = classmethod(create)

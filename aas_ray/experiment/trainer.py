@@ -17,7 +17,8 @@ A run, in the order it meets its parts:
   threshold (docs/method.md §16).
 
 Distribution (Ray Train DDP) lives in :mod:`aas_ray.orchestration.ddp`, which overrides
-the hooks marked below.
+the hooks marked below. Whoever needs to hear of each finished epoch (a Ray Tune trial
+reporting to its scheduler) passes ``on_epoch``: it is called after the epoch's checkpoint.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +61,10 @@ log = logging.getLogger(__name__)
 # loss gone NaN or infinite stops the run within that many steps.
 LOSS_CHECK_EVERY = 50
 
+# ``on_epoch(epoch, metrics, run_dir)``: an epoch is done, its state checkpointed in run_dir
+# and its metrics (``eval/*`` on evaluated epochs) logged.
+EpochListener = Callable[[int, dict, Path], None]
+
 
 @dataclass
 class RunOutcome:
@@ -85,11 +91,13 @@ class SpCLTrainer:
     """The AL training loop of one config in one run folder."""
 
     def __init__(self, cfg: Config, run_dir: Path, tracker: Tracker | None = None, progress: bool = True,
-                 experiment: Experiment | None = None, device: torch.device | None = None):
+                 experiment: Experiment | None = None, device: torch.device | None = None,
+                 on_epoch: EpochListener | None = None):
         self.cfg = cfg
         self.dir = Path(run_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.tracker = tracker or NullTracker()
+        self.on_epoch = on_epoch
         self.progress = progress
         self.device = device or resolve_device(cfg.model.device)
         self.state = RunState.load(self.dir / "state.json")
@@ -382,6 +390,8 @@ class SpCLTrainer:
                 self._checkpoint()
                 self.flush_metrics()
             self.end_epoch(epoch, metrics)
+            if self.is_main and self.on_epoch is not None:
+                self.on_epoch(epoch, metrics, self.dir)
             log.info("epoch %d: loss %.4f, %s clusters, %s instances, train-label pair F1 %s%s", epoch,
                      metrics["train/loss"], metrics.get("views/clusters", "-"), metrics.get("views/instances", "-"),
                      f"{metrics['labels/train_f1']:.3f}" if "labels/train_f1" in metrics else "-",

@@ -30,7 +30,7 @@ from aas_ray.experiment.checkpoint import NoSpaceLeft, RunState
 from aas_ray.experiment.individuals import INDIVIDUALS, OPEN_SET, read_run_outputs
 from aas_ray.experiment.prepare import Experiment, prepare_data, prepare_experiment
 from aas_ray.experiment.pending import awaiting_message
-from aas_ray.experiment.trainer import RunOutcome, SpCLTrainer
+from aas_ray.experiment.trainer import EpochListener, RunOutcome, SpCLTrainer
 from aas_ray.eval.paired import mean_interval
 from aas_ray.orchestration.compare import BOUNDS, bounds_in_store, config_key, format_paired, gap_closed, paired_table
 from aas_ray.orchestration.embedder import log_embedder
@@ -38,6 +38,7 @@ from aas_ray.orchestration.plots import map_vs_budget
 from aas_ray.orchestration.resources import child_gpus, use_threads, visible_gpus
 from aas_ray.orchestration.runlock import RunLock, RunLocked
 from aas_ray.orchestration.mlflow_tracking import MlflowTracker, check_tracking_uri, resolve_tracking_uri
+from aas_ray.orchestration.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -207,26 +208,30 @@ def interrupted(run_dir: Path) -> str:
 
 
 def train_until_pause(cfg: Config, run_dir: Path, tracker, uri: str, progress: bool, workers: int,
-                      experiment: Experiment | None) -> RunOutcome:
+                      experiment: Experiment | None, on_epoch: EpochListener | None = None,
+                      storage: Storage = Storage()) -> RunOutcome:
     """Train from the run folder's state to the end or to the next cycle waiting for a person."""
     if workers > 0:
         from aas_ray.orchestration.ddp import train_distributed
 
-        result = train_distributed(cfg, run_dir, workers, uri, tracker.run_id)
+        result = train_distributed(cfg, run_dir, workers, uri, tracker.run_id,
+                                   storage_path=storage.ray_train(cfg.output_dir))
         if result.error is not None:
             raise result.error
         state = RunState.load(run_dir / "state.json")
         pending = run_dir / f"pending-cycle-{state.pending['cycle']}.csv" if state.pending else None
         return RunOutcome(state.finished, state.evals[-1] if state.evals else {}, pending)
-    return SpCLTrainer(cfg, run_dir, tracker, progress, experiment).run()
+    return SpCLTrainer(cfg, run_dir, tracker, progress, experiment, on_epoch=on_epoch).run()
 
 
 def train_one(cfg: Config, uri: str, run_dir: Path | None = None, progress: bool = True,
               parent_run_id: str | None = None, extra_tags: dict | None = None, workers: int = 0,
-              experiment: Experiment | None = None, serve: dict | None = None) -> tuple[str, RunOutcome]:
+              experiment: Experiment | None = None, serve: dict | None = None,
+              on_epoch: EpochListener | None = None, storage: Storage = Storage()) -> tuple[str, RunOutcome]:
     """One strategy, start to finish (or resume, or up to a pause for a person's answers).
     With ``serve`` ({"host", "port"}), a pause serves the annotation page and training goes
-    on by itself once the cycle's pairs are answered."""
+    on by itself once the cycle's pairs are answered. ``on_epoch`` hears of every finished
+    epoch (in this process); ``storage`` holds DDP's checkpoints."""
     fresh = run_dir is None
     if fresh:
         tracker, run_dir, lock = start_run(cfg, uri, parent_run_id, extra_tags)
@@ -239,7 +244,7 @@ def train_one(cfg: Config, uri: str, run_dir: Path | None = None, progress: bool
             tracker, before = resumed_tracker(uri, run_dir)
         tracker.reopen()
         try:
-            outcome = train_until_pause(cfg, run_dir, tracker, uri, progress, workers, experiment)
+            outcome = train_until_pause(cfg, run_dir, tracker, uri, progress, workers, experiment, on_epoch, storage)
             while not outcome.finished and serve is not None:
                 from aas_ray.orchestration.annotate.page import Page
 
@@ -247,7 +252,8 @@ def train_one(cfg: Config, uri: str, run_dir: Path | None = None, progress: bool
                 tracker.set_tag("waiting_for", page.url)
                 page.wait_until_answered()
                 tracker.set_tag("waiting_for", "")
-                outcome = train_until_pause(cfg, run_dir, tracker, uri, progress, workers, experiment)
+                outcome = train_until_pause(cfg, run_dir, tracker, uri, progress, workers, experiment, on_epoch,
+                                            storage)
         except InputError as err:
             # Bad input found on the way (answers not filled in, a damaged file, a full disk):
             # the run is not broken, it waits for that input.
@@ -256,8 +262,9 @@ def train_one(cfg: Config, uri: str, run_dir: Path | None = None, progress: bool
             if status == "KILLED":
                 log.warning("%s", interrupted(run_dir))
             raise
-        except KeyboardInterrupt:
-            # Ctrl-C: as after a kill, the run goes on with --resume (or still waits for answers)
+        except (KeyboardInterrupt, SystemExit):
+            # Ctrl-C, or the process told to stop (Ray Tune stopping a trial early): as after a
+            # kill, the run goes on with --resume (or still waits for answers)
             tracker.finish("SCHEDULED" if waits_for_answers(run_dir) else "KILLED")
             log.warning("%s", interrupted(run_dir))
             raise
@@ -445,15 +452,19 @@ def train_side_by_side(configs: list[Config], uri: str, parallel: int) -> list[t
 def run_cli(args, cfg: Config, strategies: list[str]) -> int:
     uri = resolve_tracking_uri(args.tracking_uri, cfg.tracking.tracking_uri)
     check_tracking_uri(uri)
+    storage = Storage.resolve(args.storage)
+    cfg.output_dir = storage.output_dir(cfg.output_dir)
     if args.workers:
         from aas_ray.orchestration.ddp import check_workers
 
         check_workers(args.workers)  # more workers than the Ray cluster holds: an error before any run exists
+        storage.require_for_cluster(f"aas-ray run --workers {args.workers}")
     if args.resume:
         recover_started(Path(cfg.output_dir), uri)  # a run killed while being started has its folder
         run_dir = find_run_dir(args.resume, cfg.output_dir)
         cfg = load_config(run_dir / "config.yaml")
-        run_id, outcome = train_one(cfg, uri, run_dir, workers=args.workers, serve=serve_options(args))
+        run_id, outcome = train_one(cfg, uri, run_dir, workers=args.workers, serve=serve_options(args),
+                                    storage=storage)
         if outcome.finished:
             log.info("run %s finished: %s", run_id,
                      {k: round(v, 4) for k, v in outcome.final.items() if isinstance(v, float)})
@@ -477,7 +488,7 @@ def run_cli(args, cfg: Config, strategies: list[str]) -> int:
         results = train_side_by_side(configs, uri, parallel)
     else:
         results = [train_one(one, uri, workers=args.workers, experiment=experiments[one.seed],
-                             serve=serve_options(args)) for one in configs]
+                             serve=serve_options(args), storage=storage) for one in configs]
     rows = []
     for one, (run_id, outcome) in zip(configs, results):
         rows.append({"seed": one.seed, "strategy": one.al.strategy, "run_id": run_id, "finished": outcome.finished,
