@@ -7,7 +7,9 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 log = logging.getLogger("aas_ray")
@@ -227,6 +229,12 @@ def _add_page_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=8700)
 
 
+def _add_storage_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--storage", help="where run folders, Ray Train checkpoints and study state go on a Ray cluster: a "
+                   "folder every node shares, or an s3:// / gs:// URI (default: env AAS_RAY_STORAGE; a study's "
+                   "`storage:`); required on a cluster of several nodes")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="aas-ray", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -265,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "intervals (default: the config's seed)")
     r.add_argument("--resume", metavar="RUN", help="resume an interrupted run (MLflow run id or run folder)")
     r.add_argument("--workers", type=int, default=0, help="Ray Train DDP workers (0 = this process)")
+    _add_storage_arg(r)
     r.add_argument("--parallel", type=int, default=1, metavar="N",
                    help="train N of the --strategies at a time, each in its own process with cores/N threads "
                         "(simulated oracle only; default 1: one after another)")
@@ -313,6 +322,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--tracking-uri")
     t.add_argument("--address", help="Ray cluster address (default: local / RAY_ADDRESS)")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a study key")
+    _add_storage_arg(t)
+    t.add_argument("--resume", nargs="?", const="latest", metavar="STUDY_RUN",
+                   help="continue a study: its finished trials are kept, the others run (again); give the study's "
+                        "parent MLflow run id, or nothing for the newest run of this study")
     t.set_defaults(func=cmd_tune)
 
     dr = sub.add_parser("doctor", help="torch, CUDA and GPUs, the FAISS build in use, and where kNN and training run")
@@ -320,11 +333,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
     from aas_ray.errors import AasRayError
 
+    # A kill (SIGTERM: a scheduler's time limit, `kill`, a stopped container) ends a command as
+    # Ctrl-C does: runs are marked KILLED with their resume command, child processes stopped.
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None
     try:
         return int(args.func(args) or 0)
     except (AasRayError, FileNotFoundError) as err:
@@ -333,6 +354,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         log.error("interrupted")
         return 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

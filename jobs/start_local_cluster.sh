@@ -18,10 +18,29 @@ if [ "$RAY_AUTH_MODE" = token ] && [ -z "${RAY_AUTH_TOKEN:-}" ] && [ -z "${RAY_A
   "$BIN/ray" get-auth-token --generate > /dev/null
   echo "Ray token: $HOME/.ray/auth_token (copy it to every worker node and client machine)"
 fi
-"$BIN/ray" start --head --node-ip-address "$HEAD_IP" --port "${RAY_PORT:-6379}" --dashboard-host "$HEAD_IP" \
-  --dashboard-port "${RAY_DASHBOARD_PORT:-8265}" --num-cpus "${RAY_NUM_CPUS:-$(nproc)}" --disable-usage-stats
-nohup "$BIN/mlflow" server --backend-store-uri "sqlite:///$PWD/mlflow-server.db" --default-artifact-root "$PWD/mlartifacts" \
-  --host "$HEAD_IP" --port "${MLFLOW_PORT:-5000}" > mlflow-server.log 2>&1 &
+# The head and the MLflow server each run in a process group of their own (setsid), which
+# jobs/stop_local_cluster.sh stops: no other Ray instance on this machine is touched.
+setsid nohup "$BIN/ray" start --head --block --node-ip-address "$HEAD_IP" --port "${RAY_PORT:-6379}" \
+  --dashboard-host "$HEAD_IP" --dashboard-port "${RAY_DASHBOARD_PORT:-8265}" --num-cpus "${RAY_NUM_CPUS:-$(nproc)}" \
+  --disable-usage-stats > ray-head.log 2>&1 &
+echo $! > ray-head.pid
+# Artifacts go through the server (--artifacts-destination): no node writes to this disk.
+setsid nohup "$BIN/mlflow" server --backend-store-uri "sqlite:///$PWD/mlflow-server.db" \
+  --artifacts-destination "$PWD/mlartifacts" --host "$HEAD_IP" --port "${MLFLOW_PORT:-5000}" > mlflow-server.log 2>&1 &
 echo $! > mlflow-server.pid
+"$BIN/python" - "http://$HEAD_IP:${RAY_DASHBOARD_PORT:-8265}/api/version" <<'PY'
+import sys, time
+from urllib.error import HTTPError
+from urllib.request import urlopen
+for _ in range(240):
+    try:
+        urlopen(sys.argv[1], timeout=2)
+        sys.exit(0)
+    except HTTPError:  # answering at all (401 under token auth) means it is up
+        sys.exit(0)
+    except OSError:
+        time.sleep(0.5)
+sys.exit(f"the Ray head did not answer at {sys.argv[1]} within 2 minutes; see ray-head.log")
+PY
 echo "Ray dashboard: http://$HEAD_IP:${RAY_DASHBOARD_PORT:-8265}   MLflow UI: http://$HEAD_IP:${MLFLOW_PORT:-5000}"
 echo "Workers: RAY_AUTH_MODE=token ray start --address $HEAD_IP:${RAY_PORT:-6379}   (with the same token)"

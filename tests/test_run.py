@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -475,3 +476,50 @@ def test_a_fresh_cache_and_a_warm_one_train_alike(tmp_path):
         finals.append((trainer.state.evals[-1]["mAP"], trainer.learner.memory.features.clone()))
     assert finals[0][0] == finals[1][0]
     assert torch.equal(finals[0][1], finals[1][1])
+
+
+def _pool_children(pid: int) -> list[int]:
+    """The worker processes (multiprocessing spawn) whose parent is ``pid``."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmd = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and b"spawn_main" in cmd:
+            out.append(int(stat.parent.name))
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_killed_driver_stops_the_strategies_it_trains_side_by_side(tmp_path):
+    """SIGTERM to `aas-ray run --parallel 2` (a scheduler's time limit, `kill`): both children
+    stop too, both runs are KILLED with their resume command; none goes on training alone."""
+    proc = subprocess.Popen([sys.executable, "-m", "aas_ray.cli",
+                             *cli_args(tmp_path, "--strategies", "none,random", "--parallel", "2", epochs=60)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    try:
+        deadline = time.time() + 400
+        while time.time() < deadline and proc.poll() is None:
+            states = list((tmp_path / "runs").glob("*/state.json"))
+            if len(states) == 2 and all(json.loads(p.read_text())["epoch_done"] >= 0 for p in states):
+                break
+            time.sleep(0.5)
+        children = _pool_children(proc.pid)
+        assert len(children) == 2, (children, proc.poll())
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-3000:]
+    time.sleep(1)
+    assert not [pid for pid in children if Path(f"/proc/{pid}").exists()], "children went on after the driver"
+    client = client_of(tmp_path)
+    runs = [p.parent.name for p in (tmp_path / "runs").glob("*/state.json")]
+    assert sorted(client.get_run(r).info.status for r in runs) == ["KILLED", "KILLED"]
+    for r in runs:
+        assert f"continue it with: aas-ray run --resume {tmp_path / 'runs' / r}" in err

@@ -170,3 +170,136 @@ def test_a_study_with_a_missing_dataset_fails_before_ray_starts(tmp_path, caplog
     assert main(["tune", str(path), "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]) == 2
     assert "unknown dataset 'Unicorns'" in caplog.text
     assert not ray.is_initialized() and time.time() - t < 60
+
+
+def test_scheduler_retries_and_storage_are_study_keys(tmp_path):
+    study, _ = load_study(write(tmp_path, kind="train"))
+    assert study.max_failures == 1 and study.scheduler.asha is None and study.storage is None
+    study, _ = load_study(write(tmp_path, kind="train", max_failures=3, storage=str(tmp_path / "shared"),
+                                scheduler={"asha": {"grace_period": 2, "reduction_factor": 3}}))
+    assert study.max_failures == 3 and study.scheduler.asha.grace_period == 2
+    assert study.scheduler.asha.reduction_factor == 3
+    with pytest.raises(ConfigError, match=r"scheduler.asha.grace: Extra inputs are not permitted"):
+        load_study(write(tmp_path, kind="train", scheduler={"asha": {"grace": 2}}))
+    with pytest.raises(ConfigError, match=r"scheduler.hyperband: Extra inputs are not permitted"):
+        load_study(write(tmp_path, kind="train", scheduler={"hyperband": {}}))
+    with pytest.raises(ConfigError, match=r"scheduler.asha.reduction_factor: Input should be greater than 1"):
+        load_study(write(tmp_path, kind="train", scheduler={"asha": {"reduction_factor": 1}}))
+    with pytest.raises(ConfigError, match=r"max_failures: Input should be greater than or equal to 0"):
+        load_study(write(tmp_path, max_failures=-1))
+    with pytest.raises(ConfigError, match=r"scheduler needs kind: train"):
+        load_study(write(tmp_path, kind="simulate", scheduler={"asha": {}}))
+
+
+def test_storage_is_one_setting_for_run_folders_checkpoints_and_study_state(tmp_path, monkeypatch):
+    from aas_ray.checks import InputError
+    from aas_ray.orchestration.storage import STORAGE_ENV, Storage
+
+    monkeypatch.delenv(STORAGE_ENV, raising=False)
+    unset = Storage.resolve(None, None)
+    assert unset.root is None
+    assert unset.output_dir("/runs") == "/runs"
+    assert unset.ray_train("/runs") == "/runs/ray_train" and unset.tune("/runs") == "/runs/tune"
+    monkeypatch.setenv(STORAGE_ENV, str(tmp_path / "from-env"))
+    shared = Storage.resolve(None, None)
+    assert shared.root == str(tmp_path / "from-env") and (tmp_path / "from-env").is_dir()
+    assert shared.output_dir("/runs") == shared.root  # run folders on the shared path
+    assert shared.ray_train("/runs") == f"{shared.root}/ray_train" and shared.tune("/runs") == f"{shared.root}/tune"
+    # the command line, then the study file, then the environment
+    assert Storage.resolve(None, str(tmp_path / "study")).root == str(tmp_path / "study")
+    assert Storage.resolve(str(tmp_path / "cli"), str(tmp_path / "study")).root == str(tmp_path / "cli")
+    bucket = Storage.resolve("s3://bucket/aas/", None)
+    assert bucket.is_uri and bucket.root == "s3://bucket/aas"
+    assert bucket.output_dir("/runs") == "/runs"  # run folders are files with locks: not in an object store
+    assert bucket.ray_train("/runs") == "s3://bucket/aas/ray_train" and bucket.tune("/runs") == "s3://bucket/aas/tune"
+    with pytest.raises(InputError, match=r"^storage 'ftp://host/x' \(--storage, a study's `storage:` or "
+                                         r"AAS_RAY_STORAGE\): unknown scheme 'ftp'"):
+        Storage.resolve("ftp://host/x")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(InputError, match=r"^storage '.*file/runs' \(--storage.*\) cannot be created: Not a directory$"):
+        Storage.resolve(str(tmp_path / "file" / "runs"))
+
+
+def test_a_run_folder_comes_back_from_a_checkpoint_only_when_newer(tmp_path):
+    from ray.train import Checkpoint
+
+    from aas_ray.experiment.checkpoint import RunState
+    from aas_ray.experiment.run_folder import DURABLE, RunFolder
+    from aas_ray.orchestration.storage import folder_checkpoint, restore_folder
+
+    src = tmp_path / "src"
+    src.mkdir()
+    RunState(epoch_done=3, tracking_run_id="r").save(src / "state.json")
+    for name in ("checkpoint.pt", "annotations.jsonl", "pairs.csv"):
+        (src / name).write_text(f"{name} at 3")
+    (src / "weights.safetensors").write_text("not a checkpoint file")
+    kept = tmp_path / "kept"
+    with folder_checkpoint(RunFolder(src), Checkpoint) as ckpt:
+        import shutil
+
+        shutil.copytree(ckpt.path, kept)
+    assert sorted(p.name for p in kept.iterdir()) == sorted(DURABLE)
+    ckpt = Checkpoint.from_directory(str(kept))
+    fresh = tmp_path / "fresh"  # a node that never saw the run
+    assert restore_folder(ckpt, RunFolder(fresh)) and RunState.load(fresh / "state.json").epoch_done == 3
+    assert (fresh / "checkpoint.pt").read_text() == "checkpoint.pt at 3"
+    ahead = tmp_path / "ahead"  # a folder that trained further than the checkpoint: kept as it is
+    ahead.mkdir()
+    RunState(epoch_done=5).save(ahead / "state.json")
+    (ahead / "checkpoint.pt").write_text("checkpoint.pt at 5")
+    assert not restore_folder(ckpt, RunFolder(ahead)) and (ahead / "checkpoint.pt").read_text() == "checkpoint.pt at 5"
+    behind = tmp_path / "behind"
+    behind.mkdir()
+    RunState(epoch_done=1).save(behind / "state.json")
+    (behind / "checkpoint.pt").write_text("checkpoint.pt at 1")
+    assert restore_folder(ckpt, RunFolder(behind)) and (behind / "checkpoint.pt").read_text() == "checkpoint.pt at 3"
+    assert not restore_folder(None, RunFolder(tmp_path / "none")) and not (tmp_path / "none").exists()
+
+
+def test_a_trial_that_fits_on_no_node_is_an_error_before_it_waits_forever():
+    from aas_ray.checks import InputError
+    from aas_ray.orchestration.resources import study_resources
+    from aas_ray.orchestration.study import StudyConfig
+
+    train = StudyConfig(study="t", kind="train", resources_per_trial={"cpu": 8, "gpu": 1})
+    gpu_nodes = [{"CPU": 4.0}, {"CPU": 16.0, "GPU": 2.0}]
+    assert study_resources(train, gpu_nodes) == ({"cpu": 8.0, "gpu": 1.0}, 0.0)
+    # 8 CPUs and a GPU in all, but never on one node
+    with pytest.raises(InputError, match=r"^resources_per_trial \(cpu 8, gpu 1\) asks for 8 CPU\(s\) and 1 GPU\(s\) "
+                                         r"on one node, but no node of the Ray cluster has them \(its nodes: 4 CPUs, "
+                                         r"1 GPUs; 4 CPUs, 0 GPUs\)$"):
+        study_resources(train, [{"CPU": 4.0, "GPU": 1.0}, {"CPU": 4.0}])
+    sim = StudyConfig(study="s", kind="simulate", datasets=["a", "b"], resources_per_trial={"cpu": 2, "gpu": 0.5})
+    assert study_resources(sim, gpu_nodes) == ({"cpu": 2.0}, 0.5)
+    with pytest.raises(InputError, match="needs 1 GPU"):
+        study_resources(sim, [{"CPU": 4.0, "GPU": 0.5}, {"CPU": 4.0}])
+
+
+def test_summary_lists_stopped_trials_but_reads_only_finished_ones(tmp_path):
+    from aas_ray.orchestration.study import StudyConfig
+
+    study = StudyConfig(study="t", kind="train", search={"al.strategy": {"grid": ["none", "aas", "supervised"]},
+                                                         "seed": {"grid": [0, 1]}})
+    rows = []
+    for seed in (0, 1):
+        for s, m, status in (("none", 0.2, "finished"), ("aas", 0.3, "finished"), ("supervised", 0.4, "finished")):
+            rows.append({"config/data.name": "synthetic", "config/al.strategy": s, "config/seed": seed, "mAP": m,
+                         "status": status, "epoch": 6})
+    rows[4].update(mAP=0.05, status="stopped early", epoch=2)  # aas, seed 1, stopped at epoch 2
+    summarise(pd.DataFrame(rows), study, tmp_path)
+    table = pd.read_csv(tmp_path / "summary.csv")
+    assert list(table["status"]) == ["finished"] * 4 + ["stopped early", "finished"]
+    assert np.isnan(table.loc[4, "gap_closed"]) and table.loc[1, "gap_closed"] == pytest.approx(0.5)
+    agg = pd.read_csv(tmp_path / "aggregate.csv").set_index("al.strategy")
+    assert agg.loc["aas", "repeats"] == 1 and agg.loc["aas", "mAP_mean"] == pytest.approx(0.3)
+
+
+def test_a_study_counts_every_trial_tune_will_make():
+    from aas_ray.orchestration.study import StudyConfig
+    from aas_ray.orchestration.tune import study_size
+
+    assert study_size(StudyConfig(study="t", datasets=["a", "b"], search={"al.strategy": {"grid": ["aas", "random"]},
+                                                                          "al.epsilon": {"grid": [0.2, 0.6, 1.0]}})) == 12
+    assert study_size(StudyConfig(study="t", num_samples=5, search={"al.s_min": {"uniform": [0.1, 0.5]},
+                                                                    "seed": {"grid": [0, 1]}})) == 10
+    assert study_size(StudyConfig(study="t")) == 1

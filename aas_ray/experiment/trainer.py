@@ -16,12 +16,15 @@ individual" threshold (docs/method.md §16). The run folder
 (:class:`~aas_ray.experiment.run_folder.RunFolder`) holds everything durable.
 
 Distribution is an object passed in (``dist``; one process by default): Ray Train DDP gives
-:mod:`aas_ray.orchestration.ddp`'s.
+:mod:`aas_ray.orchestration.ddp`'s. Whoever needs to hear of each finished epoch (a Ray Tune
+trial reporting to its scheduler) passes ``on_epoch``: the main process calls it after the
+epoch's checkpoint.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +39,7 @@ from aas_ray.experiment.checkpoint import load_checkpoint, save_checkpoint
 from aas_ray.experiment.cycle import Pending
 from aas_ray.experiment.distribution import SingleProcess
 from aas_ray.experiment.individuals import write_run_outputs
-from aas_ray.experiment.label_stage import EpochLabels, LabelStage
+from aas_ray.experiment.label_stage import EpochLabels, LabelStage, build_views_local  # noqa: F401 (offered here)
 from aas_ray.experiment.learner import Learner
 from aas_ray.experiment.prepare import Experiment, prepare_experiment, save_split
 from aas_ray.experiment.run_folder import CONFIG, CYCLES, EVALS, SPLIT, WEIGHTS, RunFolder
@@ -45,6 +48,10 @@ from aas_ray.experiment.zeroshot import evaluate_split
 from aas_ray.models import build_model, resolve_device
 
 log = logging.getLogger(__name__)
+
+# ``on_epoch(epoch, metrics, folder)``: an epoch is done, its state checkpointed in the run
+# folder and its metrics (``eval/*`` on evaluated epochs) logged.
+EpochListener = Callable[[int, dict, RunFolder], None]
 
 
 @dataclass
@@ -57,15 +64,25 @@ class RunOutcome:
 
 
 class SpCLTrainer:
-    """The AL training loop of one config in one run folder."""
+    """The AL training loop of one config in one run folder (a :class:`RunFolder` or its path).
 
-    def __init__(self, cfg: Config, folder: RunFolder, tracker: Tracker | None = None, progress: bool = True,
-                 experiment: Experiment | None = None, device: torch.device | None = None, dist=None):
+    Code written against the trainer as one class (a benchmark or a smoke script that
+    subclasses it to time each phase) keeps working: the loop's steps are methods to wrap
+    (:meth:`epoch_labels`, :meth:`train_epoch`, :meth:`evaluate`); ``model``, ``memory``,
+    ``optimizer``, ``scaler``, ``device`` and ``train_cat`` read the learner's parts and
+    ``clusterer`` (settable) the label stage's; this module still offers
+    ``build_views_local``, the default clusterer. These only delegate."""
+
+    def __init__(self, cfg: Config, folder: RunFolder | str | Path, tracker: Tracker | None = None,
+                 progress: bool = True, experiment: Experiment | None = None, device: torch.device | None = None,
+                 dist=None, on_epoch: EpochListener | None = None):
         self.cfg = cfg
+        folder = folder if isinstance(folder, RunFolder) else RunFolder(folder)
         self.folder = folder
         folder.dir.mkdir(parents=True, exist_ok=True)
         self.tracker = tracker or NullTracker()
         self.dist = dist or SingleProcess()
+        self.on_epoch = on_epoch
         device = device or resolve_device(cfg.model.device)
         self.state = folder.load_state()
         self.exp = experiment or prepare_experiment(cfg, progress)
@@ -91,6 +108,40 @@ class SpCLTrainer:
             save_split(self.exp.data.cat, self.exp.split, folder.file(SPLIT))
             if cfg.al.oracle == "human":
                 folder.write_image_table(train_cat)
+
+    # ---- the parts, read through the trainer (see the class docstring) ---------------
+    @property
+    def clusterer(self):
+        """The label stage's clustering function ``(x, cfg, need_b) -> ClusterViews``."""
+        return self.labels.clusterer
+
+    @clusterer.setter
+    def clusterer(self, fn) -> None:
+        self.labels.clusterer = fn
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.learner.model
+
+    @property
+    def memory(self):
+        return self.learner.memory
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.learner.optimizer
+
+    @property
+    def scaler(self) -> torch.amp.GradScaler:
+        return self.learner.scaler
+
+    @property
+    def device(self) -> torch.device:
+        return self.learner.device
+
+    @property
+    def train_cat(self):
+        return self.learner.train_cat
 
     # ---- durable state --------------------------------------------------------------
     def _checkpoint(self) -> None:
@@ -131,6 +182,10 @@ class SpCLTrainer:
             (got, self.state.indep_thres, self.state.cycles))
         return got
 
+    def train_epoch(self, labels: np.ndarray, epoch: int) -> dict:
+        """One epoch of the learner on ``labels``: its ``train/*`` metrics."""
+        return self.learner.train_epoch(labels, epoch)
+
     def evaluate(self, step: int) -> dict:
         if step == 0 and (self.cfg.model.weights or self.cfg.model.pretrained):
             # The untrained backbone with fixed weights is the one the experiment's features
@@ -160,7 +215,7 @@ class SpCLTrainer:
                 path = self.labels.person.hand_out(got, self.state) if self.dist.is_main else None
                 return RunOutcome(False, self.state.evals[-1] if self.state.evals else {}, path)
             metrics = dict(got.metrics)
-            metrics.update(self.learner.train_epoch(got.labels, epoch))
+            metrics.update(self.train_epoch(got.labels, epoch))
             last = epoch == cfg.train.epochs - 1
             if (epoch + 1) % cfg.train.eval_every == 0 or last:
                 metrics.update(self.evaluate(epoch + 1))
@@ -171,6 +226,8 @@ class SpCLTrainer:
                 self._checkpoint()
                 self.flush_metrics()
             self.dist.checkpointed(epoch, metrics, self.folder)
+            if self.dist.is_main and self.on_epoch is not None:
+                self.on_epoch(epoch, metrics, self.folder)
             log.info("epoch %d: loss %.4f, %s clusters, %s instances, train-label pair F1 %s%s", epoch,
                      metrics["train/loss"], metrics.get("views/clusters", "-"), metrics.get("views/instances", "-"),
                      f"{metrics['labels/train_f1']:.3f}" if "labels/train_f1" in metrics else "-",

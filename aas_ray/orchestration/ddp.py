@@ -9,7 +9,8 @@ gathered; clustering and pair mining run once per epoch on rank 0 (which alone w
 annotation journal; it uses its own CPUs and GPU, while the other ranks wait for its labels)
 and the labels are broadcast; checkpoints go through ``ray.train.report`` (the last two are
 kept) and a ``FailureConfig`` restarts killed workers from the last one, with their
-constraints.
+constraints. Checkpoints go to the ``storage`` setting (:mod:`aas_ray.orchestration.storage`),
+which every node can reach.
 
 Each worker reserves a GPU (when used) and an equal share of its node's CPUs, and sizes its
 thread pools to that share; the check that the workers fit the cluster comes first.
@@ -18,7 +19,6 @@ thread pools to that share; the check that the workers fit the cluster comes fir
 from __future__ import annotations
 
 import logging
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,7 @@ import ray
 import ray.train
 import torch
 import torch.distributed as dist
-from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer, prepare_model
 
 from aas_ray.checks import InputError
@@ -34,12 +34,9 @@ from aas_ray.config import Config
 from aas_ray.experiment.run_folder import RunFolder
 from aas_ray.experiment.trainer import SpCLTrainer
 from aas_ray.orchestration.resources import plan_ddp, use_threads
+from aas_ray.orchestration.storage import CHECKPOINTS_KEPT, folder_checkpoint, restore_folder
 
 log = logging.getLogger(__name__)
-
-# Ray Train's copies of the run folder's checkpoint: the last and the one before (a restart
-# needs only the last; about 0.4 GB each for ResNet-50)
-CHECKPOINTS_KEPT = 2
 
 
 class RayDDP:
@@ -106,22 +103,10 @@ class RayDDP:
         numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
         numeric["epoch"] = epoch
         if self.is_main:
-            with tempfile.TemporaryDirectory() as tmp:
-                folder.copy_durable(Path(tmp))
-                ray.train.report(numeric, checkpoint=Checkpoint.from_directory(tmp))
+            with folder_checkpoint(folder, ray.train.Checkpoint) as checkpoint:
+                ray.train.report(numeric, checkpoint=checkpoint)
         else:
             ray.train.report(numeric)
-
-
-def _restore(folder: RunFolder) -> None:
-    """After a restart on a fresh node, bring the last reported checkpoint into the run folder."""
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is None:
-        return
-    with ckpt.as_directory() as d:
-        theirs = RunFolder(d)
-        if theirs.load_state().epoch_done > folder.load_state().epoch_done or not folder.checkpoint_file.exists():
-            theirs.copy_durable(folder.dir)
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -135,11 +120,16 @@ def train_loop_per_worker(config: dict) -> None:
     distribution = RayDDP(cfg, rank, world, ray.train.torch.get_device())
     if ctx.get_local_rank() == 0:
         # Every node needs the last checkpoint in its run folder: each rank loads its own
-        # copy of the model, memory and optimiser state from it.
+        # copy of the model, memory and optimiser state from it (a node new to the run, or
+        # one whose folder is behind, takes the last reported checkpoint).
         folder.dir.mkdir(parents=True, exist_ok=True)
-        _restore(folder)
+        restore_folder(ray.train.get_checkpoint(), folder)
     dist.barrier()
+    nodes = [None] * world
+    dist.all_gather_object(nodes, ray.get_runtime_context().get_node_id())
     tracker = MlflowTracker(config["uri"], config["run_id"]) if rank == 0 and config.get("uri") else None
+    if tracker is not None:
+        tracker.set_tag("ray_nodes", ",".join(nodes))  # the node of each rank, in rank order
     trainer = SpCLTrainer(cfg, folder, tracker, progress=False, device=distribution.device, dist=distribution)
     trainer.state.tracking_run_id = config.get("run_id")
     trainer.run()
@@ -154,20 +144,23 @@ def check_workers(num_workers: int, use_gpu: bool | None = None) -> tuple[bool, 
 
 
 def train_distributed(cfg: Config, run_dir: Path, num_workers: int, uri: str | None = None, run_id: str | None = None,
-                      max_failures: int = 2, use_gpu: bool | None = None):
+                      max_failures: int = 2, use_gpu: bool | None = None, storage_path: str | None = None):
     """Run the trainer on ``num_workers`` Ray Train workers; returns Ray's Result.
 
     ``use_gpu`` None: GPUs when the Ray cluster has any. More workers than the cluster can
-    place (a GPU each, with GPUs) is an :class:`InputError` before anything starts."""
+    place (a GPU each, with GPUs) is an :class:`InputError` before anything starts.
+    ``storage_path``: where Ray Train keeps its checkpoints (default: ``ray_train`` beside
+    the run folder, which only this machine sees)."""
     use_gpu, cpus = check_workers(num_workers, use_gpu)
     log.info("DDP: %d workers, each with %s%d CPU(s)", num_workers, "a GPU and " if use_gpu else "", cpus)
     run_dir = Path(run_dir).resolve()
+    storage_path = storage_path or str(run_dir.parent / "ray_train")
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg.model_dump_json(), "run_dir": str(run_dir), "uri": uri, "run_id": run_id,
                            "threads": cpus},
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus}),
-        run_config=RunConfig(name=f"train-{run_dir.name}", storage_path=str(run_dir.parent / "ray_train"),
+        run_config=RunConfig(name=f"train-{run_dir.name}", storage_path=storage_path,
                              failure_config=FailureConfig(max_failures=max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT)),
     )

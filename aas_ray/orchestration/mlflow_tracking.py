@@ -64,7 +64,7 @@ class MlflowTracker:
             # MLflow 3 otherwise opens an experiment on its GenAI overview (traces, sessions),
             # not on the training runs.
             client.set_experiment_tag(exp_id, EXPERIMENT_KIND, "custom_model_development")
-        tags = dict(tags or {})
+        tags = {k: str(v) for k, v in (tags or {}).items()}  # a tracking server takes strings only
         tags["mlflow.runName"] = run_name
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id

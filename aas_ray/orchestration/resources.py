@@ -55,13 +55,6 @@ def child_gpus(visible: list[str], children: int) -> list[str | None]:
     return [visible[i % len(visible)] if visible else None for i in range(children)]
 
 
-def cluster_gpus() -> float:
-    """GPUs of the Ray cluster this process is connected to (``ray.init`` first)."""
-    import ray
-
-    return float(ray.cluster_resources().get("GPU", 0.0))
-
-
 def worker_cpus(nodes: list[dict], workers: int, use_gpu: bool) -> int:
     """The most whole CPUs each of ``workers`` DDP workers can reserve with all of them placed:
     ``nodes`` are the alive nodes' resources (``ray.nodes()[i]["Resources"]``); with GPUs each
@@ -96,24 +89,40 @@ def plan_ddp(workers: int, nodes: list[dict], use_gpu: bool | None = None) -> tu
     return use_gpu, per
 
 
-def check_cluster_gpus(needed: float, what: str) -> None:
-    """A study asking for more GPUs at once than the cluster has would wait without end."""
-    have = cluster_gpus()
-    if needed > have:
-        raise InputError(f"{what} needs {needed:g} GPU(s) at once but the Ray cluster has {have:g}")
+def alive_nodes() -> list[dict]:
+    """The resources of each alive node of the Ray cluster (``ray.init`` first)."""
+    import ray
+
+    return [n["Resources"] for n in ray.nodes() if n["Alive"]]
 
 
-def study_resources(study) -> tuple[dict, float]:
+def check_fits_a_node(cpu: float, gpu: float, nodes: list[dict], what: str) -> None:
+    """Ray places a trial (or an actor) on one node: one that fits on none would wait without end."""
+    if any(n.get("CPU", 0) >= cpu and n.get("GPU", 0) >= gpu for n in nodes):
+        return
+    have = "; ".join(f"{n.get('CPU', 0):g} CPUs, {n.get('GPU', 0):g} GPUs" for n in nodes) or "no alive node"
+    raise InputError(f"{what} asks for {cpu:g} CPU(s) and {gpu:g} GPU(s) on one node, but no node of the Ray cluster "
+                     f"has them (its nodes: {have})")
+
+
+def study_resources(study, nodes: list[dict] | None = None) -> tuple[dict, float]:
     """A Tune study's ``(resources of a trial, GPUs of each dataset actor)``. A ``train`` trial
     trains in its own process with its share; a ``simulate`` trial waits while its dataset's
-    actor does the work, so the GPU share is the actor's and the trial keeps the CPUs. GPUs the
-    cluster cannot hold at once are an error here, where Ray would wait for them without end."""
+    actor does the work, so the GPU share is the actor's and the trial keeps the CPUs.
+    ``nodes``: the cluster's nodes' resources (default: the connected cluster's). Resources
+    no node holds, or GPUs the cluster cannot hold at once, are an error here, where Ray
+    would wait for them without end."""
+    nodes = alive_nodes() if nodes is None else nodes
     res = study.resources_per_trial
     if study.kind == "simulate":
+        check_fits_a_node(res.cpu, 0, nodes, f"resources_per_trial (cpu {res.cpu:g})")
         if res.gpu:
             n = len(study.datasets)
-            check_cluster_gpus(res.gpu * n, f"resources_per_trial.gpu {res.gpu:g} for each of {n} dataset actor(s)")
+            check_fits_a_node(0, res.gpu, nodes, f"a dataset actor (resources_per_trial.gpu {res.gpu:g})")
+            have = sum(node.get("GPU", 0) for node in nodes)
+            if res.gpu * n > have:
+                raise InputError(f"resources_per_trial.gpu {res.gpu:g} for each of {n} dataset actor(s) needs "
+                                 f"{res.gpu * n:g} GPU(s) at once but the Ray cluster has {have:g}")
         return {"cpu": res.cpu}, res.gpu
-    if res.gpu:
-        check_cluster_gpus(res.gpu, f"resources_per_trial.gpu {res.gpu:g}")
+    check_fits_a_node(res.cpu, res.gpu, nodes, f"resources_per_trial (cpu {res.cpu:g}, gpu {res.gpu:g})")
     return res.model_dump(), 0.0

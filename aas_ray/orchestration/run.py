@@ -11,9 +11,13 @@ a copy of another run's folder is refused, so that it never changes that run.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
+import signal
+import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -27,7 +31,7 @@ from aas_ray.experiment.individuals import read_run_outputs
 from aas_ray.experiment.prepare import Experiment, prepare_data, prepare_experiment
 from aas_ray.experiment.pending import awaiting_message
 from aas_ray.experiment.run_folder import ARTIFACTS, CONFIG, EVALS, MAP_VS_BUDGET, STATE, RunFolder
-from aas_ray.experiment.trainer import RunOutcome, SpCLTrainer
+from aas_ray.experiment.trainer import EpochListener, RunOutcome, SpCLTrainer
 from aas_ray.eval.paired import mean_interval
 from aas_ray.orchestration.compare import BOUNDS, bounds_in_store, config_key, format_paired, gap_closed, paired_table
 from aas_ray.orchestration.embedder import log_embedder
@@ -35,6 +39,7 @@ from aas_ray.orchestration.plots import map_vs_budget
 from aas_ray.orchestration.resources import child_gpus, use_threads, visible_gpus
 from aas_ray.orchestration.runlock import RunLock, RunLocked
 from aas_ray.orchestration.mlflow_tracking import MlflowTracker, check_tracking_uri, resolve_tracking_uri
+from aas_ray.orchestration.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -205,26 +210,30 @@ def interrupted(run_dir: Path) -> str:
 
 
 def train_until_pause(cfg: Config, folder: RunFolder, tracker, uri: str, progress: bool, workers: int,
-                      experiment: Experiment | None) -> RunOutcome:
+                      experiment: Experiment | None, on_epoch: EpochListener | None = None,
+                      storage: Storage = Storage()) -> RunOutcome:
     """Train from the run folder's state to the end or to the next cycle waiting for a person."""
     if workers > 0:
         from aas_ray.orchestration.ddp import train_distributed
 
-        result = train_distributed(cfg, folder.dir, workers, uri, tracker.run_id)
+        result = train_distributed(cfg, folder.dir, workers, uri, tracker.run_id,
+                                   storage_path=storage.ray_train(cfg.output_dir))
         if result.error is not None:
             raise result.error
         state = folder.load_state()
         pending = folder.pending_file(state.pending["cycle"]) if state.pending else None
         return RunOutcome(state.finished, state.evals[-1] if state.evals else {}, pending)
-    return SpCLTrainer(cfg, folder, tracker, progress, experiment).run()
+    return SpCLTrainer(cfg, folder, tracker, progress, experiment, on_epoch=on_epoch).run()
 
 
 def train_one(cfg: Config, uri: str, run_dir: Path | None = None, progress: bool = True,
               parent_run_id: str | None = None, extra_tags: dict | None = None, workers: int = 0,
-              experiment: Experiment | None = None, serve: dict | None = None) -> tuple[str, RunOutcome]:
+              experiment: Experiment | None = None, serve: dict | None = None,
+              on_epoch: EpochListener | None = None, storage: Storage = Storage()) -> tuple[str, RunOutcome]:
     """One strategy, start to finish (or resume, or up to a pause for a person's answers).
     With ``serve`` ({"host", "port"}), a pause serves the annotation page and training goes
-    on by itself once the cycle's pairs are answered."""
+    on by itself once the cycle's pairs are answered. ``on_epoch`` hears of every finished
+    epoch (in this process); ``storage`` holds DDP's checkpoints."""
     fresh = run_dir is None
     if fresh:
         tracker, run_dir, lock = start_run(cfg, uri, parent_run_id, extra_tags)
@@ -238,7 +247,7 @@ def train_one(cfg: Config, uri: str, run_dir: Path | None = None, progress: bool
             tracker, before = resumed_tracker(uri, run_dir)
         tracker.reopen()
         try:
-            outcome = train_until_pause(cfg, folder, tracker, uri, progress, workers, experiment)
+            outcome = train_until_pause(cfg, folder, tracker, uri, progress, workers, experiment, on_epoch, storage)
             while not outcome.finished and serve is not None:
                 from aas_ray.orchestration.annotate.page import Page
 
@@ -246,7 +255,8 @@ def train_one(cfg: Config, uri: str, run_dir: Path | None = None, progress: bool
                 tracker.set_tag("waiting_for", page.url)
                 page.wait_until_answered()
                 tracker.set_tag("waiting_for", "")
-                outcome = train_until_pause(cfg, folder, tracker, uri, progress, workers, experiment)
+                outcome = train_until_pause(cfg, folder, tracker, uri, progress, workers, experiment, on_epoch,
+                                            storage)
         except InputError as err:
             # Bad input found on the way (answers not filled in, a damaged file, a full disk):
             # the run is not broken, it waits for that input.
@@ -255,8 +265,9 @@ def train_one(cfg: Config, uri: str, run_dir: Path | None = None, progress: bool
             if status == "KILLED":
                 log.warning("%s", interrupted(run_dir))
             raise
-        except KeyboardInterrupt:
-            # Ctrl-C: as after a kill, the run goes on with --resume (or still waits for answers)
+        except (KeyboardInterrupt, SystemExit):
+            # Ctrl-C, or the process told to stop (Ray Tune stopping a trial early): as after a
+            # kill, the run goes on with --resume (or still waits for answers)
             tracker.finish("SCHEDULED" if waits_for_answers(run_dir) else "KILLED")
             log.warning("%s", interrupted(run_dir))
             raise
@@ -351,11 +362,52 @@ def _child_setup(threads: int, gpus) -> None:
     # Each process gets its share of the cores: two strategies at one thread each go faster
     # than one after the other at two threads, and neither steals the other's cores. It takes
     # its GPU (if any) before anything touches CUDA: device auto is then that GPU alone.
+    _child_signals()
     gpu = gpus.get()
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     logging.basicConfig(level=logging.INFO)  # its format is set per strategy in _train_prepared
     use_threads(threads)
+
+
+def _interrupt_once(signum, frame):
+    # Ctrl-C reaches the children from the terminal and again from the driver that stops
+    # them: the second must not cut short the first's clean-up (marking the run KILLED).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _child_signals() -> None:
+    """A child ends as after Ctrl-C on SIGINT and SIGTERM, and (Linux) the kernel sends it
+    SIGTERM when the driver that started it dies, even by SIGKILL: no child goes on training
+    for a driver that is gone."""
+    signal.signal(signal.SIGINT, _interrupt_once)
+    signal.signal(signal.SIGTERM, _interrupt)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _stop_children(grace_s: float = 60.0) -> None:
+    """Ctrl-C to every child process still training: each marks its run KILLED with its resume
+    command; one that has not ended after ``grace_s`` is terminated (the next command marks
+    its run KILLED)."""
+    import multiprocessing
+
+    children = multiprocessing.active_children()
+    for child in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child.pid, signal.SIGINT)
+    deadline = time.monotonic() + grace_s
+    for child in children:
+        child.join(max(0.0, deadline - time.monotonic()))
+        if child.is_alive():
+            child.terminate()
 
 
 def _train_prepared(cfg: Config, uri: str, run_dir: str) -> tuple[str, RunOutcome]:
@@ -386,23 +438,36 @@ def train_side_by_side(configs: list[Config], uri: str, parallel: int) -> list[t
         queue.put(gpu)
     log.info("training %d strategies, %d at a time, %d thread(s) each%s", len(configs), parallel, threads,
              f", on GPUs {gpus}" if gpus[0] is not None else "")
-    with ProcessPoolExecutor(parallel, mp_context=ctx, initializer=_child_setup, initargs=(threads, queue)) as pool:
+    pool = ProcessPoolExecutor(parallel, mp_context=ctx, initializer=_child_setup, initargs=(threads, queue))
+    try:
         futures = [pool.submit(_train_prepared, one, uri, d) for one, d in zip(configs, run_dirs)]
         return [f.result() for f in futures]
+    except BaseException:
+        # Interrupted (Ctrl-C, SIGTERM) or one strategy failed: nothing more starts, and the
+        # strategies still training stop as after Ctrl-C (resumable) instead of going on alone.
+        pool.shutdown(wait=False, cancel_futures=True)
+        _stop_children()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def run_cli(args, cfg: Config, strategies: list[str]) -> int:
     uri = resolve_tracking_uri(args.tracking_uri, cfg.tracking.tracking_uri)
     check_tracking_uri(uri)
+    storage = Storage.resolve(args.storage)
+    cfg.output_dir = storage.output_dir(cfg.output_dir)
     if args.workers:
         from aas_ray.orchestration.ddp import check_workers
 
         check_workers(args.workers)  # more workers than the Ray cluster holds: an error before any run exists
+        storage.require_for_cluster(f"aas-ray run --workers {args.workers}")
     if args.resume:
         recover_started(Path(cfg.output_dir), uri)  # a run killed while being started has its folder
         run_dir = find_run_dir(args.resume, cfg.output_dir)
         cfg = load_config(RunFolder(run_dir).file(CONFIG))
-        run_id, outcome = train_one(cfg, uri, run_dir, workers=args.workers, serve=serve_options(args))
+        run_id, outcome = train_one(cfg, uri, run_dir, workers=args.workers, serve=serve_options(args),
+                                    storage=storage)
         if outcome.finished:
             log.info("run %s finished: %s", run_id,
                      {k: round(v, 4) for k, v in outcome.final.items() if isinstance(v, float)})
@@ -426,7 +491,7 @@ def run_cli(args, cfg: Config, strategies: list[str]) -> int:
         results = train_side_by_side(configs, uri, parallel)
     else:
         results = [train_one(one, uri, workers=args.workers, experiment=experiments[one.seed],
-                             serve=serve_options(args)) for one in configs]
+                             serve=serve_options(args), storage=storage) for one in configs]
     rows = []
     for one, (run_id, outcome) in zip(configs, results):
         rows.append({"seed": one.seed, "strategy": one.al.strategy, "run_id": run_id, "finished": outcome.finished,

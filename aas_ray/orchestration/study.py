@@ -18,6 +18,20 @@ class Resources(BaseModel):
     gpu: float = Field(0.0, ge=0)
 
 
+class Asha(BaseModel):
+    """Ray Tune's ASHA: at epochs grace_period x reduction_factor^k, a trial below the best
+    1/reduction_factor of those that reached that epoch stops."""
+
+    model_config = ConfigDict(extra="forbid")
+    grace_period: int = Field(1, ge=1, description="epochs every trial trains before it may be stopped")
+    reduction_factor: float = Field(2.0, gt=1, description="1/reduction_factor of the trials go on at each rung")
+
+
+class Scheduler(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    asha: Asha | None = None
+
+
 class StudyConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -34,6 +48,11 @@ class StudyConfig(BaseModel):
     cycles: int | None = Field(None, description="simulate: AL cycles (default al.cycles)")
     metric: str = Field("pair_f1", description="metric Tune ranks trials by")
     mode: Literal["max", "min"] = "max"
+    storage: str | None = Field(None, description="shared folder or URI for run folders, checkpoints and the study's "
+                                "state (aas_ray.orchestration.storage; --storage and AAS_RAY_STORAGE also set it)")
+    max_failures: int = Field(1, ge=0, description="times a failed trial is retried, from its last checkpoint")
+    scheduler: Scheduler = Field(default_factory=Scheduler, description="kind: train: stop hopeless trials early "
+                                 "({asha: {grace_period, reduction_factor}}); none by default")
     register_model: str | None = Field(
         None, description="kind: train: register the best trial's MLflow model under this name (off by default)")
 
@@ -81,6 +100,9 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> tuple[St
         for value in next(iter(space.values())):
             trial_config(base_raw, {"data.name": study.datasets[0], **first, key: value}, study,
                          source=f"{path}: search.{key} value {value!r}")
+    if study.kind == "simulate" and study.scheduler.asha is not None:
+        raise ConfigError(f"{path}: scheduler: a simulation reports once, at its end, so no scheduler can stop it "
+                          "early; scheduler needs kind: train")
     logs_model = trial_config(base_raw, {"data.name": study.datasets[0]}, study).tracking.log_model
     if study.register_model and (study.kind != "train" or not logs_model):
         raise ConfigError(f"{path}: register_model needs kind: train with tracking.log_model: true (a simulation "
