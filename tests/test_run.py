@@ -496,9 +496,10 @@ def _pool_children(pid: int) -> list[int]:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_a_killed_driver_stops_the_strategies_it_trains_side_by_side(tmp_path):
     """SIGTERM to `aas-ray run --parallel 2` (a scheduler's time limit, `kill`): both children
-    stop too, both runs are KILLED with their resume command; none goes on training alone."""
+    stop too, both runs are KILLED with their resume command; none goes on training alone,
+    and the third strategy, already queued to a child, does not start."""
     proc = subprocess.Popen([sys.executable, "-m", "aas_ray.cli",
-                             *cli_args(tmp_path, "--strategies", "none,random", "--parallel", "2", epochs=60)],
+                             *cli_args(tmp_path, "--strategies", "none,random,aas", "--parallel", "2", epochs=60)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, PYTHONUNBUFFERED="1"))
     try:
@@ -519,7 +520,9 @@ def test_a_killed_driver_stops_the_strategies_it_trains_side_by_side(tmp_path):
     time.sleep(1)
     assert not [pid for pid in children if Path(f"/proc/{pid}").exists()], "children went on after the driver"
     client = client_of(tmp_path)
-    runs = [p.parent.name for p in (tmp_path / "runs").glob("*/state.json")]
+    runs = [p.parent.name for p in (tmp_path / "runs").glob("*/state.json")
+            if json.loads(p.read_text())["epoch_done"] >= 0]
     assert sorted(client.get_run(r).info.status for r in runs) == ["KILLED", "KILLED"]
     for r in runs:
         assert f"continue it with: aas-ray run --resume {tmp_path / 'runs' / r}" in err
+    assert "[aas]" not in err, "a strategy started after the driver was told to stop"

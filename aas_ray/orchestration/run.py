@@ -370,14 +370,23 @@ def _child_setup(threads: int, gpus) -> None:
     use_threads(threads)
 
 
+# Set in a child told to stop: its pool may already hold the next strategy (the executor
+# queues one call ahead), which must then not start.
+_stopping = False
+
+
 def _interrupt_once(signum, frame):
     # Ctrl-C reaches the children from the terminal and again from the driver that stops
     # them: the second must not cut short the first's clean-up (marking the run KILLED).
+    global _stopping
+    _stopping = True
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 
 def _interrupt(signum, frame):
+    global _stopping
+    _stopping = True
     raise KeyboardInterrupt
 
 
@@ -411,6 +420,8 @@ def _stop_children(grace_s: float = 60.0) -> None:
 
 
 def _train_prepared(cfg: Config, uri: str, run_dir: str) -> tuple[str, RunOutcome]:
+    if _stopping:  # left untouched, as the strategies the driver cancelled: --resume starts it
+        raise KeyboardInterrupt(f"{cfg.al.strategy} not started: the run was stopped")
     fmt = logging.Formatter(f"%(asctime)s %(levelname)s [{cfg.al.strategy}] %(name)s: %(message)s", "%H:%M:%S")
     for handler in logging.getLogger().handlers:  # two strategies write to one terminal
         handler.setFormatter(fmt)
