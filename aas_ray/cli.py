@@ -1,5 +1,5 @@
-"""The ``aas-ray`` command: datasets, evaluate, simulate, run, annotate, individuals, match, report, cache, tune,
-doctor."""
+"""The ``aas-ray`` command: evaluate, simulate, run, tune, report; annotate, individuals, match; datasets,
+cache, doctor."""
 
 from __future__ import annotations
 
@@ -142,6 +142,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_annotate(args) -> int:
+    from aas_ray.experiment.run_folder import RunFolder
     from aas_ray.orchestration.annotate.session import AnnotationSession
     from aas_ray.orchestration.annotate.server import serve
     from aas_ray.orchestration.run import find_run_dir
@@ -150,7 +151,7 @@ def cmd_annotate(args) -> int:
     run_dir = find_run_dir(args.run, args.output_dir)
     # The page is the run folder's single writer while it is up: a --resume waits for it.
     with RunLock(run_dir):
-        session = AnnotationSession(run_dir)
+        session = AnnotationSession(RunFolder(run_dir))
         status = session.status()
         if not status["waiting"]:
             log.warning("run %s waits for no answers now (finished: %s); the review page still shows its answers",
@@ -238,14 +239,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="aas-ray", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
+    _add_experiment_commands(sub)
+    _add_run_output_commands(sub)
+    _add_machine_commands(sub)
+    return p
 
-    d = sub.add_parser("datasets", help="list registered datasets and which are present locally")
-    d.add_argument("--data-root", default=os.environ.get("AAS_RAY_DATA_ROOT"),
-                   help="folder holding <name>/ per dataset (env AAS_RAY_DATA_ROOT)")
-    d.add_argument("--cache-dir", default="~/.cache/aas-ray")
-    d.add_argument("--json", action="store_true")
-    d.set_defaults(func=cmd_datasets)
 
+def _add_experiment_commands(sub) -> None:
+    """Experiments: evaluate, simulate, run, tune, and the report of a study."""
     e = sub.add_parser("evaluate", help="zero-shot evaluation of the backbone under the open-set protocol")
     _add_config_args(e)
     e.set_defaults(func=cmd_evaluate)
@@ -281,6 +282,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_page_args(r)
     r.set_defaults(func=cmd_run)
 
+    t = sub.add_parser("tune", help="a Ray Tune study over datasets and config keys")
+    t.add_argument("study", help="study YAML in tune_configs/")
+    t.add_argument("--tracking-uri")
+    t.add_argument("--address", help="Ray cluster address (default: local / RAY_ADDRESS)")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a study key")
+    _add_storage_arg(t)
+    t.add_argument("--resume", nargs="?", const="latest", metavar="STUDY_RUN",
+                   help="continue a study: its finished trials are kept, the others run (again); give the study's "
+                        "parent MLflow run id, or nothing for the newest run of this study")
+    t.set_defaults(func=cmd_tune)
+
+    rp = sub.add_parser("report", help="Table 1 and budget curves of a study, rebuilt from the tracking store")
+    rp.add_argument("study", help="the study's name (its `study:` key)")
+    rp.add_argument("--tracking-uri")
+    rp.add_argument("--experiment", default="aas-ray")
+    rp.add_argument("--run-id", help="a parent run id (default: the study's newest)")
+    rp.add_argument("--out", help="folder for report.html and the PNGs (default: report-<study>)")
+    rp.set_defaults(func=cmd_report)
+
+
+def _add_run_output_commands(sub) -> None:
+    """What a run gives a person: its annotation page, its individuals, matching new photos."""
     a = sub.add_parser("annotate", help="the pair annotation page of a run waiting for a person's answers")
     a.add_argument("run", help="run folder or MLflow run id")
     a.add_argument("--output-dir", default="runs", help="where run folders are (for a run id)")
@@ -303,33 +326,23 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--device", help="auto | cpu | cuda (default: the run's model.device)")
     m.set_defaults(func=cmd_match)
 
-    rp = sub.add_parser("report", help="Table 1 and budget curves of a study, rebuilt from the tracking store")
-    rp.add_argument("study", help="the study's name (its `study:` key)")
-    rp.add_argument("--tracking-uri")
-    rp.add_argument("--experiment", default="aas-ray")
-    rp.add_argument("--run-id", help="a parent run id (default: the study's newest)")
-    rp.add_argument("--out", help="folder for report.html and the PNGs (default: report-<study>)")
-    rp.set_defaults(func=cmd_report)
+
+def _add_machine_commands(sub) -> None:
+    """This machine: its datasets, caches, GPUs and FAISS build."""
+    d = sub.add_parser("datasets", help="list registered datasets and which are present locally")
+    d.add_argument("--data-root", default=os.environ.get("AAS_RAY_DATA_ROOT"),
+                   help="folder holding <name>/ per dataset (env AAS_RAY_DATA_ROOT)")
+    d.add_argument("--cache-dir", default="~/.cache/aas-ray")
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(func=cmd_datasets)
 
     c = sub.add_parser("cache", help="what the image and feature caches hold; --clear removes them")
     c.add_argument("--cache-dir", default="~/.cache/aas-ray")
     c.add_argument("--clear", choices=["images", "features", "all"])
     c.set_defaults(func=cmd_cache)
 
-    t = sub.add_parser("tune", help="a Ray Tune study over datasets and config keys")
-    t.add_argument("study", help="study YAML in tune_configs/")
-    t.add_argument("--tracking-uri")
-    t.add_argument("--address", help="Ray cluster address (default: local / RAY_ADDRESS)")
-    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a study key")
-    _add_storage_arg(t)
-    t.add_argument("--resume", nargs="?", const="latest", metavar="STUDY_RUN",
-                   help="continue a study: its finished trials are kept, the others run (again); give the study's "
-                        "parent MLflow run id, or nothing for the newest run of this study")
-    t.set_defaults(func=cmd_tune)
-
     dr = sub.add_parser("doctor", help="torch, CUDA and GPUs, the FAISS build in use, and where kNN and training run")
     dr.set_defaults(func=cmd_doctor)
-    return p
 
 
 def _interrupt(signum, frame):

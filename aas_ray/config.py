@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from aas_ray.al import list_strategies, strategy_entry, strategy_params
-from aas_ray.cluster import build_views
+from aas_ray.cluster import build_views, check_view_params
 from aas_ray.errors import AasRayError
 
 # The library holds the defaults (its signatures); the configuration refers to them.
@@ -105,12 +105,12 @@ class ClusterConfig(_Strict):
         not a property of the views)."""
         return self.model_dump(exclude={"similarity"})
 
-    @field_validator("eps")
-    @classmethod
-    def _eps_range(cls, v):
-        if v != "auto" and not 0.0 < v < 1.0:
-            raise ValueError("must be in (0, 1) for a Jaccard distance, or 'auto'")
-        return v
+    @model_validator(mode="after")
+    def _library_accepts(self):
+        """The library's own check (:func:`aas_ray.cluster.check_view_params`), at load time: a
+        configuration cannot pass here and fail in the middle of a run."""
+        check_view_params("", **self.view_params())
+        return self
 
 
 # Strategies besides the registered samplers: plain SpCL, and the skyline (the ground-truth

@@ -178,8 +178,10 @@ LABELS, EXTRACT, EVALUATE = "labels", "extraction", "evaluation"
 
 def spcl(name: str, cfg, out_dir: Path) -> dict:
     """One training run with per-phase seconds (the GPU's queued work included)."""
-    from aas_ray.experiment import trainer as tr
+    from aas_ray.experiment.label_stage import build_views_local
     from aas_ray.experiment.prepare import Experiment, dataset_features, make_split, prepare_data
+    from aas_ray.experiment.run_folder import RunFolder
+    from aas_ray.experiment.trainer import SpCLTrainer
 
     phases: list[dict] = []
 
@@ -189,23 +191,8 @@ def spcl(name: str, cfg, out_dir: Path) -> dict:
         phases.append({"phase": phase, "s": c.s, **extra})
         return got
 
-    class Timed(tr.SpCLTrainer):
-        def extract(self, cat):
-            return timed(EXTRACT, super().extract, cat)
-
-        def pseudo_labels(self, epoch):
-            return timed(LABELS, super().pseudo_labels, epoch, epoch=epoch)
-
-        def train_epoch(self, labels, epoch):
-            m = timed("training", super().train_epoch, labels, epoch, epoch=epoch)
-            phases[-1].update(images_per_s=m["train/images_per_s"], loss=m["train/loss"])
-            return m
-
-        def evaluate(self, step):
-            return timed(EVALUATE, super().evaluate, step, step=step)
-
     def clusterer(x, cfg_, need_b):
-        views = timed("clustering", tr.build_views_local, x, cfg_, need_b)
+        views = timed("clustering", build_views_local, x, cfg_, need_b)
         phases[-1]["knn"] = views.knn_method
         return views
 
@@ -213,17 +200,29 @@ def spcl(name: str, cfg, out_dir: Path) -> dict:
     data = timed("data (images, cache)", prepare_data, cfg, False)
     feats = timed("extraction, all images (zero-shot)", dataset_features, cfg, data, False)
     exp = Experiment(data, feats, make_split(cfg, data, feats))
-    trainer = Timed(cfg, out_dir / name, progress=False, experiment=exp)
-    trainer.clusterer = clusterer
+    trainer = SpCLTrainer(cfg, RunFolder(out_dir / name), progress=False, experiment=exp)
+    learner, stage = trainer.learner, trainer.labels
+    extract, for_epoch, train_epoch, evaluate = learner.extract, stage.for_epoch, learner.train_epoch, trainer.evaluate
+
+    def training(labels, epoch):
+        m = timed("training", train_epoch, labels, epoch, epoch=epoch)
+        phases[-1].update(images_per_s=m["train/images_per_s"], loss=m["train/loss"])
+        return m
+
+    learner.extract = lambda cat: timed(EXTRACT, extract, cat)
+    stage.for_epoch = lambda epoch, x, state: timed(LABELS, for_epoch, epoch, x, state, epoch=epoch)
+    learner.train_epoch = training
+    trainer.evaluate = lambda step: timed(EVALUATE, evaluate, step, step=step)
+    stage.clusterer = clusterer
     with Clock() as c:
         outcome = trainer.run()
     total = {ph: sum(p["s"] for p in phases if p["phase"] == ph) for ph in dict.fromkeys(p["phase"] for p in phases)}
     train = [p for p in phases if p["phase"] == "training"]
     return {
-        "arch": cfg.model.arch, "image_size": list(cfg.model.image_size), "device": str(trainer.device),
-        "train_images": len(trainer.train_cat), "batch": cfg.train.batch_size, "epochs": cfg.train.epochs,
-        "iters": cfg.train.iters, "loader_workers": cfg.train.workers, "amp": trainer.scaler.is_enabled(),
-        "fused_adam": bool(trainer.optimizer.param_groups[0]["fused"]),
+        "arch": cfg.model.arch, "image_size": list(cfg.model.image_size), "device": str(learner.device),
+        "train_images": len(learner.train_cat), "batch": cfg.train.batch_size, "epochs": cfg.train.epochs,
+        "iters": cfg.train.iters, "loader_workers": cfg.train.workers, "amp": learner.scaler.is_enabled(),
+        "fused_adam": bool(learner.optimizer.param_groups[0]["fused"]),
         "cudnn_benchmark": torch.backends.cudnn.benchmark, "run_s": c.s, "finished": outcome.finished,
         "images_per_s_after_first_epoch": float(np.mean([p["images_per_s"] for p in train[1:]])) if len(train) > 1
         else None, "peak_gpu_gib": peak_gib(),

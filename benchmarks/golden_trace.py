@@ -95,17 +95,17 @@ def trace_run(tmp: Path) -> dict:
     from mlflow.tracking import MlflowClient
 
     from aas_ray.cli import main
-    from aas_ray.experiment import trainer as trainer_module
+    from aas_ray.experiment.learner import Learner
 
     torch.set_num_threads(1)
     labels: list[np.ndarray] = []
-    train_epoch = trainer_module.SpCLTrainer.train_epoch
+    train_epoch = Learner.train_epoch
 
     def recording(self, epoch_labels, epoch):
         labels.append(np.asarray(epoch_labels).copy())
         return train_epoch(self, epoch_labels, epoch)
 
-    trainer_module.SpCLTrainer.train_epoch = recording
+    Learner.train_epoch = recording
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     args = ["run", "--tracking-uri", uri, "--strategies", ",".join(STRATEGIES)]
     for s in TINY + [f"data.cache_dir={tmp / 'cache'}", f"output_dir={tmp / 'runs'}"]:
@@ -114,7 +114,7 @@ def trace_run(tmp: Path) -> dict:
         if main(args) != 0:
             raise SystemExit("aas-ray run failed")
     finally:
-        trainer_module.SpCLTrainer.train_epoch = train_epoch
+        Learner.train_epoch = train_epoch
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("aas-ray")
     runs = client.search_runs([exp.experiment_id])

@@ -235,10 +235,11 @@ def test_only_catalogue_images_are_served(run_dir):
 def test_the_page_needs_the_token_off_loopback(run_dir):
     from fastapi.testclient import TestClient
 
+    from aas_ray.experiment.run_folder import RunFolder
     from aas_ray.orchestration.annotate.session import AnnotationSession
     from aas_ray.orchestration.annotate.server import create_app
 
-    app = create_app(AnnotationSession(run_dir), token="sekrit", host="10.1.2.3", port=8700)
+    app = create_app(AnnotationSession(RunFolder(run_dir)), token="sekrit", host="10.1.2.3", port=8700)
     client = TestClient(app, base_url="http://10.1.2.3:8700")
     assert client.get("/api/status").status_code == 401
     assert client.get("/api/status?token=wrong").status_code == 401
@@ -385,10 +386,11 @@ def test_only_its_own_host_and_origin_are_answered(run_dir, browser):
 def test_host_names_follow_the_address_given(run_dir):
     from fastapi.testclient import TestClient
 
+    from aas_ray.experiment.run_folder import RunFolder
     from aas_ray.orchestration.annotate.session import AnnotationSession
     from aas_ray.orchestration.annotate.server import create_app
 
-    session = AnnotationSession(run_dir)
+    session = AnnotationSession(RunFolder(run_dir))
 
     def status(host, bind, **kw):
         client = TestClient(create_app(session, token="t", host=bind, port=8700), base_url=f"http://{host}")

@@ -44,6 +44,7 @@ def history(run_dir):
 def test_ddp_matches_single_process(tmp_path, ray_local):
     from mlflow.tracking import MlflowClient
 
+    from aas_ray.experiment.run_folder import RunFolder
     from aas_ray.experiment.trainer import SpCLTrainer
     from aas_ray.orchestration.ddp import train_distributed
     from aas_ray.orchestration.mlflow_tracking import MlflowTracker
@@ -51,7 +52,7 @@ def test_ddp_matches_single_process(tmp_path, ray_local):
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     cfg = config(tmp_path, 3)
     t_single = MlflowTracker.create(uri, "ddp-test", "single")
-    single = SpCLTrainer(cfg, tmp_path / "single", t_single, progress=False)
+    single = SpCLTrainer(cfg, RunFolder(tmp_path / "single"), t_single, progress=False)
     assert single.run().finished
     t_ddp = MlflowTracker.create(uri, "ddp-test", "ddp")
     res = train_distributed(cfg, tmp_path / "ddp", num_workers=2, uri=uri, run_id=t_ddp.run_id, max_failures=0)

@@ -130,6 +130,7 @@ def fused_step(opt, param):
 @pytest.mark.slow
 def test_a_run_resumes_on_the_other_device_both_ways(tiny_cfg, tmp_path):
     from aas_ray.experiment.checkpoint import load_checkpoint, restore_optimizer, restore_scaler, save_checkpoint
+    from aas_ray.experiment.run_folder import RunFolder
     from aas_ray.experiment.trainer import SpCLTrainer
 
     from aas_ray.models import build_model
@@ -138,7 +139,7 @@ def test_a_run_resumes_on_the_other_device_both_ways(tiny_cfg, tmp_path):
     cfg.al.strategy = "none"
     cfg.train.epochs, cfg.train.iters, cfg.train.batch_size, cfg.train.eval_every = 1, 2, 16, 5
     run_dir = tmp_path / "run"
-    assert SpCLTrainer(cfg, run_dir, progress=False).run().finished
+    assert SpCLTrainer(cfg, RunFolder(run_dir), progress=False).run().finished
     ck = load_checkpoint(run_dir / "checkpoint.pt", "cpu")
     assert ck["scaler"] == {}  # what a run without AMP writes
 
@@ -168,9 +169,9 @@ def test_a_run_resumes_on_the_other_device_both_ways(tiny_cfg, tmp_path):
     assert ck["scaler"]["scale"] == 1024.0 and ck["optimizer"]["param_groups"][0]["fused"] is True
     save_checkpoint(ck, run_dir / "checkpoint.pt")
     cfg.train.epochs = 2
-    resumed = SpCLTrainer(cfg, run_dir, progress=False)
-    assert not resumed.scaler.is_enabled() and not resumed.optimizer.param_groups[0]["fused"]
-    assert all(s["step"].device.type == "cpu" for s in resumed.optimizer.state.values())
+    resumed = SpCLTrainer(cfg, RunFolder(run_dir), progress=False)
+    assert not resumed.learner.scaler.is_enabled() and not resumed.learner.optimizer.param_groups[0]["fused"]
+    assert all(s["step"].device.type == "cpu" for s in resumed.learner.optimizer.state.values())
     assert resumed.run().finished and resumed.state.epoch_done == 1
 
 

@@ -11,7 +11,7 @@ from dense_reference import dense_jaccard
 @pytest.mark.parametrize("n,d,k,k1,k2,seed", [(300, 16, 30, 20, 6, 0), (250, 64, 10, 30, 6, 1), (120, 8, 60, 10, 1, 2)])
 def test_sparse_jaccard_equals_dense_reference(n, d, k, k1, k2, seed):
     x, _ = mixture(n, d, k, seed=seed)
-    g = jaccard_graph(x, k1=k1, k2=k2)
+    g = jaccard_graph(x, k1=k1, k2=k2, min_sim=0.0)  # every overlapping pair, as SpCL
     dense = dense_jaccard(x, g.knn_idx[:, :k1], k1, k2)
     sparse = 1.0 - g.sim.toarray()
     assert np.abs(sparse - dense).max() < 1e-5

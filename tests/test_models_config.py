@@ -35,6 +35,20 @@ def test_the_config_defaults_are_the_library_defaults():
     cluster = ClusterConfig().view_params()
     signature = inspect.signature(build_views).parameters
     assert cluster and all(cluster[k] == signature[k].default for k in cluster)
+    # the primitives build_views calls default to what build_views passes them
+    from aas_ray.cluster import dbscan_view, jaccard_graph, knn_search
+    from aas_ray.cluster.views import finch_partitions, hdbscan_view
+
+    def default(f, name):
+        return inspect.signature(f).parameters[name].default
+
+    for f, name, ours in [(jaccard_graph, "k1", "k1"), (jaccard_graph, "k2", "k2"),
+                          (jaccard_graph, "min_sim", "jaccard_min_sim"), (knn_search, "method", "knn"),
+                          (knn_search, "exact_up_to", "knn_exact_up_to"), (knn_search, "target_recall", "knn_recall"),
+                          (finch_partitions, "knn", "knn"), (dbscan_view, "min_samples", "min_samples"),
+                          (hdbscan_view, "min_cluster_size", "hdbscan_min_cluster_size"),
+                          (hdbscan_view, "min_samples", "hdbscan_min_samples")]:
+        assert default(f, name) == signature[ours].default, (f.__name__, name)
     al = ALConfig()
     for name in list_strategies():
         keys = config_keys(name)
@@ -104,3 +118,25 @@ def test_feature_extraction_and_cache(tiny_cfg):
     assert len(calls) == 1 and np.array_equal(f1, f2)
     assert f1.shape == (len(data.cat), 1280)
     assert np.allclose(np.linalg.norm(f1, axis=1), 1.0, atol=1e-4)
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("eps", 1.5, r"eps must be 'auto' or a radius in \(0, 1\); got 1.5"),
+    ("eps", "most", r"eps must be 'auto' or a radius"),
+    ("k2", 40, r"k2 \(40\) must not exceed k1 \(30\)"),
+    ("eps_gap", 0.7, r"eps_gap must be a gap in \[0, 0.5\)"),
+    ("finch_partition", -1, r"finch_partition must be 'auto' or a level >= 0"),
+    ("knn", "lsh", r"knn must be one of auto, exact, ivf, hnsw"),
+    ("hdbscan_min_cluster_size", 1, r"hdbscan_min_cluster_size must be an integer >= 2"),
+])
+def test_the_library_rejects_bad_view_parameters_before_searching_and_the_config_at_load(key, value, message):
+    """scikit-learn's way: the parameters' constraints live with the function and are checked
+    before any work; the configuration asks the same check when it is loaded."""
+    from aas_ray.checks import InputError
+    from aas_ray.cluster import build_views
+
+    empty = np.zeros((0, 8), np.float32)  # a search would fail on this with another message
+    with pytest.raises(InputError, match="build_views: " + message):
+        build_views(empty, **{key: value})
+    with pytest.raises(ConfigError, match=key):  # pydantic's own message where the field's type says it
+        load_config(None, [f"cluster.{key}={value}"])

@@ -170,13 +170,13 @@ def test_resume_after_sigkill_mid_training(tmp_path):
     continuous history (every step once) and no pair asked twice."""
     run_dir = killed_at(tmp_path, """
         import os, signal
-        from aas_ray.experiment import trainer
-        _orig = trainer.SpCLTrainer.train_epoch
+        from aas_ray.experiment import learner
+        _orig = learner.Learner.train_epoch
         def train_epoch(self, labels, epoch):
             if epoch == 2:
                 os.kill(os.getpid(), signal.SIGKILL)
             return _orig(self, labels, epoch)
-        trainer.SpCLTrainer.train_epoch = train_epoch
+        learner.Learner.train_epoch = train_epoch
     """)
     before = [ln for ln in (run_dir / "annotations.jsonl").read_text().splitlines() if ln]
     assert main(resume_args(tmp_path, run_dir)) == 0
@@ -326,14 +326,14 @@ def test_ctrl_c_leaves_the_run_killed_with_the_way_back(tmp_path):
     proc = subprocess.Popen(patched(tmp_path, f"""
         import time
         from pathlib import Path
-        from aas_ray.experiment import trainer
-        _orig = trainer.SpCLTrainer.train_epoch
+        from aas_ray.experiment import learner
+        _orig = learner.Learner.train_epoch
         def train_epoch(self, labels, epoch):
             if epoch == 2:
                 Path({str(ready)!r}).touch()
                 time.sleep(600)
             return _orig(self, labels, epoch)
-        trainer.SpCLTrainer.train_epoch = train_epoch
+        learner.Learner.train_epoch = train_epoch
     """), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 300
@@ -463,6 +463,7 @@ def test_a_fresh_cache_and_a_warm_one_train_alike(tmp_path):
     import torch
 
     from aas_ray.config import load_config
+    from aas_ray.experiment.run_folder import RunFolder
     from aas_ray.experiment.trainer import SpCLTrainer
 
     sets = TINY + [f"data.cache_dir={tmp_path / 'cache'}", "train.epochs=2", "train.eval_every=2",
@@ -470,9 +471,9 @@ def test_a_fresh_cache_and_a_warm_one_train_alike(tmp_path):
     cfg = load_config(None, sets)
     finals = []
     for name in ("cold", "warm"):
-        trainer = SpCLTrainer(cfg, tmp_path / name, progress=False)
+        trainer = SpCLTrainer(cfg, RunFolder(tmp_path / name), progress=False)
         trainer.run()
-        finals.append((trainer.state.evals[-1]["mAP"], trainer.memory.features.clone()))
+        finals.append((trainer.state.evals[-1]["mAP"], trainer.learner.memory.features.clone()))
     assert finals[0][0] == finals[1][0]
     assert torch.equal(finals[0][1], finals[1][1])
 
@@ -495,9 +496,10 @@ def _pool_children(pid: int) -> list[int]:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_a_killed_driver_stops_the_strategies_it_trains_side_by_side(tmp_path):
     """SIGTERM to `aas-ray run --parallel 2` (a scheduler's time limit, `kill`): both children
-    stop too, both runs are KILLED with their resume command; none goes on training alone."""
+    stop too, both runs are KILLED with their resume command; none goes on training alone,
+    and the third strategy, already queued to a child, does not start."""
     proc = subprocess.Popen([sys.executable, "-m", "aas_ray.cli",
-                             *cli_args(tmp_path, "--strategies", "none,random", "--parallel", "2", epochs=60)],
+                             *cli_args(tmp_path, "--strategies", "none,random,aas", "--parallel", "2", epochs=60)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, PYTHONUNBUFFERED="1"))
     try:
@@ -518,7 +520,9 @@ def test_a_killed_driver_stops_the_strategies_it_trains_side_by_side(tmp_path):
     time.sleep(1)
     assert not [pid for pid in children if Path(f"/proc/{pid}").exists()], "children went on after the driver"
     client = client_of(tmp_path)
-    runs = [p.parent.name for p in (tmp_path / "runs").glob("*/state.json")]
+    runs = [p.parent.name for p in (tmp_path / "runs").glob("*/state.json")
+            if json.loads(p.read_text())["epoch_done"] >= 0]
     assert sorted(client.get_run(r).info.status for r in runs) == ["KILLED", "KILLED"]
     for r in runs:
         assert f"continue it with: aas-ray run --resume {tmp_path / 'runs' / r}" in err
+    assert "[aas]" not in err, "a strategy started after the driver was told to stop"

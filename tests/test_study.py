@@ -224,7 +224,8 @@ def test_a_run_folder_comes_back_from_a_checkpoint_only_when_newer(tmp_path):
     from ray.train import Checkpoint
 
     from aas_ray.experiment.checkpoint import RunState
-    from aas_ray.orchestration.storage import CHECKPOINT_FILES, folder_checkpoint, restore_folder
+    from aas_ray.experiment.run_folder import DURABLE, RunFolder
+    from aas_ray.orchestration.storage import folder_checkpoint, restore_folder
 
     src = tmp_path / "src"
     src.mkdir()
@@ -233,26 +234,26 @@ def test_a_run_folder_comes_back_from_a_checkpoint_only_when_newer(tmp_path):
         (src / name).write_text(f"{name} at 3")
     (src / "weights.safetensors").write_text("not a checkpoint file")
     kept = tmp_path / "kept"
-    with folder_checkpoint(src, Checkpoint) as ckpt:
+    with folder_checkpoint(RunFolder(src), Checkpoint) as ckpt:
         import shutil
 
         shutil.copytree(ckpt.path, kept)
-    assert sorted(p.name for p in kept.iterdir()) == sorted(CHECKPOINT_FILES)
+    assert sorted(p.name for p in kept.iterdir()) == sorted(DURABLE)
     ckpt = Checkpoint.from_directory(str(kept))
     fresh = tmp_path / "fresh"  # a node that never saw the run
-    assert restore_folder(ckpt, fresh) and RunState.load(fresh / "state.json").epoch_done == 3
+    assert restore_folder(ckpt, RunFolder(fresh)) and RunState.load(fresh / "state.json").epoch_done == 3
     assert (fresh / "checkpoint.pt").read_text() == "checkpoint.pt at 3"
     ahead = tmp_path / "ahead"  # a folder that trained further than the checkpoint: kept as it is
     ahead.mkdir()
     RunState(epoch_done=5).save(ahead / "state.json")
     (ahead / "checkpoint.pt").write_text("checkpoint.pt at 5")
-    assert not restore_folder(ckpt, ahead) and (ahead / "checkpoint.pt").read_text() == "checkpoint.pt at 5"
+    assert not restore_folder(ckpt, RunFolder(ahead)) and (ahead / "checkpoint.pt").read_text() == "checkpoint.pt at 5"
     behind = tmp_path / "behind"
     behind.mkdir()
     RunState(epoch_done=1).save(behind / "state.json")
     (behind / "checkpoint.pt").write_text("checkpoint.pt at 1")
-    assert restore_folder(ckpt, behind) and (behind / "checkpoint.pt").read_text() == "checkpoint.pt at 3"
-    assert not restore_folder(None, tmp_path / "none") and not (tmp_path / "none").exists()
+    assert restore_folder(ckpt, RunFolder(behind)) and (behind / "checkpoint.pt").read_text() == "checkpoint.pt at 3"
+    assert not restore_folder(None, RunFolder(tmp_path / "none")) and not (tmp_path / "none").exists()
 
 
 def test_a_trial_that_fits_on_no_node_is_an_error_before_it_waits_forever():

@@ -212,6 +212,7 @@ def test_each_evaluated_epoch_is_reported_with_its_checkpoint_and_gap_closed(tmp
 
     from ray import tune
 
+    from aas_ray.experiment.run_folder import RunFolder
     from aas_ray.experiment.trainer import SpCLTrainer
     from aas_ray.orchestration.compare import config_key
     from aas_ray.orchestration.mlflow_tracking import MlflowTracker
@@ -234,7 +235,7 @@ def test_each_evaluated_epoch_is_reported_with_its_checkpoint_and_gap_closed(tmp
     monkeypatch.setattr(tune, "report", report)
     experiment_id = MlflowClient(uri).get_experiment_by_name("aas-ray").experiment_id
     reporter = EpochReporter(cfg, uri, experiment_id)
-    assert SpCLTrainer(cfg, tmp_path / "run", progress=False, on_epoch=reporter).run().finished
+    assert SpCLTrainer(cfg, RunFolder(tmp_path / "run"), progress=False, on_epoch=reporter).run().finished
     # epochs 1 and 2 (0-based) are evaluated; the last one is the trial's final report
     assert [m["epoch"] for m, _ in reports] == [2]
     metrics, ckpt = reports[0]

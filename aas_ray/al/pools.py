@@ -54,7 +54,7 @@ def over_segmentation_pool(
     m = medoids.size
     if m < 2 or k_max < 1:
         return np.empty((0, 2), dtype=np.int64), np.empty(0, dtype=np.float32)
-    _, nn = knn_search(x[medoids], min(k_max + 1, m))
+    _, nn = knn_search(x[medoids], min(k_max + 1, m), method="exact")
     src = np.repeat(np.arange(m), nn.shape[1])
     dst = nn.ravel()
     keep = (dst >= 0) & (dst != src)

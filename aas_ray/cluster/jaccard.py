@@ -30,6 +30,12 @@ from aas_ray.cluster.knn import knn_search
 
 log = logging.getLogger(__name__)
 
+# SpCL's neighbourhood sizes and the similarity floor of the sparse graph: the defaults of
+# jaccard_graph and of build_views (docs/method.md §1).
+K1 = 30
+K2 = 6
+MIN_SIM = 0.01
+
 # Rows are processed in chunks of at most this many (row, support, column-support) triples,
 # which bounds the output buffers of one chunk (8 bytes per triple) to ~400 MB.
 _MAX_TRIPLES = 50_000_000
@@ -220,19 +226,20 @@ def _symmetric(upper: sp.csr_matrix, diag: np.ndarray, has_diag: np.ndarray) -> 
 
 def jaccard_graph(
     features: np.ndarray,
-    k1: int = 30,
-    k2: int = 6,
+    k1: int = K1,
+    k2: int = K2,
     use_gpu: bool | None = None,
     knn: tuple[np.ndarray, np.ndarray] | None = None,
-    min_sim: float = 0.0,
+    min_sim: float = MIN_SIM,
 ) -> JaccardGraph:
     """docs/method.md §1: the k-reciprocal Jaccard similarity, sparse, equal to SpCL's dense result.
 
     ``knn`` may pass a precomputed ``(sims, idx)`` with at least ``k1`` columns (self first).
     ``min_sim`` drops pairs below that similarity (treated as sim 0, d_J = 1). With 0
-    every overlapping pair is kept, exactly as SpCL; most of those are < 0.01, and a
-    small floor cuts memory ~10x without changing DBSCAN (exact while min_sim <= 1 - eps)
-    or U_os (exact while min_sim <= s_min).
+    every overlapping pair is kept, exactly as SpCL; most of those are < 0.01, and the
+    default floor (``MIN_SIM``, also :func:`~aas_ray.cluster.build_views`'s) cuts memory ~10x
+    without changing DBSCAN (exact while min_sim <= 1 - eps) or U_os (exact while
+    min_sim <= s_min).
     """
     x = unit_features(features)
     n = x.shape[0]

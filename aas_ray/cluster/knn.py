@@ -28,6 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from aas_ray.checks import InputError
+
 try:
     import faiss
 except ImportError:  # pyproject names no FAISS build: the installer chooses one
@@ -36,6 +38,8 @@ except ImportError:  # pyproject names no FAISS build: the installer chooses one
 
 log = logging.getLogger(__name__)
 
+# knn_search's and build_views' search: exact up to EXACT_UP_TO images, approximate above
+METHOD = "auto"
 EXACT_UP_TO = 20_000
 HNSW_M = 32
 RECALL_QUERIES = 500
@@ -276,7 +280,7 @@ def _hnsw(x: np.ndarray, k: int, target_recall: float, seed: int, yardstick) -> 
 
 
 def gpu_flat_search(x: np.ndarray, q: np.ndarray | None, k: int, device: int | torch.device | str,
-                    backend: str, method: str = "exact", exact_up_to: int = EXACT_UP_TO,
+                    backend: str, method: str = METHOD, exact_up_to: int = EXACT_UP_TO,
                     target_recall: float = TARGET_RECALL, seed: int = 0) -> Neighbours:
     """kNN of ``q`` (None: ``x`` itself) on ``device`` with FAISS (``backend="faiss"``, a CUDA
     device index) or torch (``"torch"``, any device): float32 flat; with ``method="auto"`` on
@@ -316,7 +320,7 @@ def knn_search(
     k: int,
     queries: np.ndarray | None = None,
     use_gpu: bool | None = None,
-    method: str = "exact",
+    method: str = METHOD,
     exact_up_to: int = EXACT_UP_TO,
     target_recall: float = TARGET_RECALL,
     seed: int = 0,
@@ -336,12 +340,12 @@ def knn_search(
     q = None if queries is None else np.ascontiguousarray(queries, dtype=np.float32)
     k = int(min(k, x.shape[0]))
     if k < 1:
-        raise ValueError("knn_search needs k >= 1 and a non-empty database")
+        raise InputError("knn_search needs k >= 1 and a non-empty database")
     if method not in ("exact", "ivf", "hnsw", "auto"):
-        raise ValueError(f"kNN method must be exact, ivf, hnsw or auto; got {method!r}")
+        raise InputError(f"kNN method must be exact, ivf, hnsw or auto; got {method!r}")
     device = gpu_device() if use_gpu is not False else None
     if use_gpu and device is None:
-        raise ValueError("knn_search(use_gpu=True): neither torch nor FAISS can use a GPU here")
+        raise InputError("knn_search(use_gpu=True): neither torch nor FAISS can use a GPU here")
     if device is not None and method in ("exact", "auto"):
         backend = "faiss" if faiss_gpu_count() > 0 else "torch"
         return gpu_flat_search(x, q, k, device if backend == "faiss" else torch.device("cuda", device), backend,

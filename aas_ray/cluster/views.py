@@ -16,10 +16,16 @@ from sklearn.cluster import DBSCAN, HDBSCAN
 from aas_ray.checks import InputError
 from aas_ray.cluster._radius_kernels import sweep_counts
 from aas_ray.cluster.finch import finch_levels
-from aas_ray.cluster.jaccard import JaccardGraph, jaccard_graph
-from aas_ray.cluster.knn import EXACT_UP_TO, TARGET_RECALL, gpu_device, knn_search
+from aas_ray.cluster.jaccard import K1, K2, MIN_SIM, JaccardGraph, jaccard_graph
+from aas_ray.cluster.knn import EXACT_UP_TO, METHOD, TARGET_RECALL, gpu_device, knn_search
 
 log = logging.getLogger(__name__)
+
+# SpCL's DBSCAN density and self-paced gap (docs/method.md §2, §10); HDBSCAN's smallest groups
+MIN_SAMPLES = 4
+EPS_GAP = 0.02
+HDBSCAN_MIN_CLUSTER_SIZE = 2
+HDBSCAN_MIN_SAMPLES = 2
 
 
 def _eps_graph(graph: JaccardGraph, eps: float) -> sp.csr_matrix:
@@ -44,7 +50,7 @@ def _dbscan(d: sp.csr_matrix, eps: float, min_samples: int) -> np.ndarray:
     return DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed", n_jobs=1).fit_predict(d)
 
 
-def dbscan_view(graph: JaccardGraph, eps: float = 0.6, min_samples: int = 4) -> np.ndarray:
+def dbscan_view(graph: JaccardGraph, eps: float, min_samples: int = MIN_SAMPLES) -> np.ndarray:
     """View A (docs/method.md §2): DBSCAN on the sparse precomputed Jaccard distance; -1 = noise."""
     if not 0.0 < eps < 1.0:
         raise InputError(f"DBSCAN eps must be in (0, 1) for a Jaccard distance; got {eps}")
@@ -84,7 +90,8 @@ def complete_distance(graph: JaccardGraph, min_neighbours: int) -> sp.csr_matrix
     return out
 
 
-def hdbscan_view(graph: JaccardGraph, min_cluster_size: int = 2, min_samples: int = 2) -> np.ndarray:
+def hdbscan_view(graph: JaccardGraph, min_cluster_size: int = HDBSCAN_MIN_CLUSTER_SIZE,
+                 min_samples: int = HDBSCAN_MIN_SAMPLES) -> np.ndarray:
     """View A by HDBSCAN on the same sparse ``d_J`` (docs/method.md §2, [ours]); -1 = noise.
 
     DBSCAN needs one radius for the whole dataset; animals photographed 2 to 10 times each
@@ -172,7 +179,7 @@ def first_non_self_neighbour(knn_idx: np.ndarray) -> np.ndarray:
 
 
 def finch_partitions(
-    x: np.ndarray, first_neighbour: np.ndarray, knn: str = "auto", exact_up_to: int = EXACT_UP_TO,
+    x: np.ndarray, first_neighbour: np.ndarray, knn: str = METHOD, exact_up_to: int = EXACT_UP_TO,
     target_recall: float = TARGET_RECALL,
 ) -> tuple[np.ndarray, list[int]]:
     """All FINCH partitions (finest first) of unit features with cosine distance, from each
@@ -213,22 +220,60 @@ class ClusterViews:
     knn_recall: float = 1.0  # measured on sampled queries when the search was approximate
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def _is_real(v) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+
+
+# What build_views accepts, checked before any search (as scikit-learn checks an estimator's
+# parameters at fit): parameter -> (test, what it must be)
+_VIEW_PARAMS = {
+    "k1": (lambda v: _is_int(v) and v >= 2, "an integer >= 2"),
+    "k2": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "eps": (lambda v: v == "auto" or (_is_real(v) and 0 < v < 1), "'auto' or a radius in (0, 1)"),
+    "min_samples": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "jaccard_min_sim": (lambda v: _is_real(v) and 0 <= v < 1, "a similarity in [0, 1)"),
+    "finch_partition": (lambda v: v == "auto" or (_is_int(v) and v >= 0), "'auto' or a level >= 0"),
+    "knn": (lambda v: v in ("auto", "exact", "ivf", "hnsw"), "one of auto, exact, ivf, hnsw"),
+    "knn_exact_up_to": (lambda v: _is_int(v) and v >= 2, "an integer >= 2"),
+    "knn_recall": (lambda v: _is_real(v) and 0 < v <= 1, "a recall in (0, 1]"),
+    "eps_gap": (lambda v: _is_real(v) and 0 <= v < 0.5, "a gap in [0, 0.5)"),
+    "view_a": (lambda v: v in ("dbscan", "hdbscan"), "'dbscan' or 'hdbscan'"),
+    "hdbscan_min_cluster_size": (lambda v: _is_int(v) and v >= 2, "an integer >= 2"),
+    "hdbscan_min_samples": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+}
+
+
+def check_view_params(where: str = "build_views: ", **params) -> None:
+    """Raise :class:`InputError` naming the first of ``params`` (keywords of :func:`build_views`)
+    that it cannot use; ``where`` starts the message."""
+    for name, value in params.items():
+        test, what = _VIEW_PARAMS[name]
+        if not test(value):
+            raise InputError(f"{where}{name} must be {what}; got {value!r}")
+    if params.get("k2", 1) > params.get("k1", K1):
+        raise InputError(f"{where}k2 ({params['k2']}) must not exceed k1 ({params.get('k1', K1)})")
+
+
 def build_views(
     x: np.ndarray,
     *,
-    k1: int = 30,
-    k2: int = 6,
+    k1: int = K1,
+    k2: int = K2,
     eps: float | str = "auto",
-    min_samples: int = 4,
-    jaccard_min_sim: float = 0.01,
+    min_samples: int = MIN_SAMPLES,
+    jaccard_min_sim: float = MIN_SIM,
     finch_partition: str | int = 0,
-    knn: str = "auto",
+    knn: str = METHOD,
     knn_exact_up_to: int = EXACT_UP_TO,
     knn_recall: float = TARGET_RECALL,
-    eps_gap: float = 0.02,
+    eps_gap: float = EPS_GAP,
     view_a: str = "dbscan",
-    hdbscan_min_cluster_size: int = 2,
-    hdbscan_min_samples: int = 2,
+    hdbscan_min_cluster_size: int = HDBSCAN_MIN_CLUSTER_SIZE,
+    hdbscan_min_samples: int = HDBSCAN_MIN_SAMPLES,
     self_paced: bool = False,
     need_b: bool = True,
     use_gpu: bool | None = None,
@@ -244,8 +289,10 @@ def build_views(
     with :func:`hdbscan_view` instead of DBSCAN; the radius is still resolved (pair samplers
     and diagnostics read it), and SpCL's radius-based reliability views are not built.
     """
-    if view_a not in ("dbscan", "hdbscan"):
-        raise InputError(f"view_a must be 'dbscan' or 'hdbscan'; got {view_a!r}")
+    check_view_params(k1=k1, k2=k2, eps=eps, min_samples=min_samples, jaccard_min_sim=jaccard_min_sim,
+                      finch_partition=finch_partition, knn=knn, knn_exact_up_to=knn_exact_up_to,
+                      knn_recall=knn_recall, eps_gap=eps_gap, view_a=view_a,
+                      hdbscan_min_cluster_size=hdbscan_min_cluster_size, hdbscan_min_samples=hdbscan_min_samples)
     nb = knn_search(x, k1, use_gpu=use_gpu, method=knn, exact_up_to=knn_exact_up_to, target_recall=knn_recall)
 
     def build_a():

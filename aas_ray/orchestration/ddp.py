@@ -1,15 +1,16 @@
 """Ray Train: the SpCL trainer under DDP across N workers (a GPU each when the Ray cluster
 has GPUs, NCCL; else gloo on CPUs).
 
-It wraps :class:`SpCLTrainer` and changes only what distribution changes: each worker
-trains on its slice of every global PK batch (DDP averages the gradients); the hybrid
-memory is updated with every worker's batch, gathered in rank order, so all copies stay
-identical; feature extraction is split across workers and gathered; clustering and pair
-mining run once per epoch on rank 0 (which alone writes the annotation journal; it uses its
-own CPUs and GPU, while the other ranks wait for its labels) and the labels are broadcast;
-checkpoints go through ``ray.train.report`` (the last two are kept) and a ``FailureConfig``
-restarts killed workers from the last one, with their constraints. Checkpoints go to the
-``storage`` setting (:mod:`aas_ray.orchestration.storage`), which every node can reach.
+It runs :class:`SpCLTrainer` with :class:`RayDDP` as its distribution, which changes only
+what distribution changes: each worker trains on its slice of every global PK batch (DDP
+averages the gradients); the hybrid memory is updated with every worker's batch, gathered in
+rank order, so all copies stay identical; feature extraction is split across workers and
+gathered; clustering and pair mining run once per epoch on rank 0 (which alone writes the
+annotation journal; it uses its own CPUs and GPU, while the other ranks wait for its labels)
+and the labels are broadcast; checkpoints go through ``ray.train.report`` (the last two are
+kept) and a ``FailureConfig`` restarts killed workers from the last one, with their
+constraints. Checkpoints go to the ``storage`` setting (:mod:`aas_ray.orchestration.storage`),
+which every node can reach.
 
 Each worker reserves a GPU (when used) and an equal share of its node's CPUs, and sizes its
 thread pools to that share; the check that the workers fit the cluster comes first.
@@ -30,44 +31,45 @@ from ray.train.torch import TorchTrainer, prepare_model
 
 from aas_ray.checks import InputError
 from aas_ray.config import Config
+from aas_ray.experiment.run_folder import RunFolder
 from aas_ray.experiment.trainer import SpCLTrainer
-from aas_ray.experiment.tracker import NullTracker
-from aas_ray.models import extract_features
 from aas_ray.orchestration.resources import plan_ddp, use_threads
 from aas_ray.orchestration.storage import CHECKPOINTS_KEPT, folder_checkpoint, restore_folder
 
 log = logging.getLogger(__name__)
 
 
-class DistributedSpCLTrainer(SpCLTrainer):
-    def __init__(self, cfg: Config, run_dir: Path, tracker, rank: int, world: int):
+class RayDDP:
+    """The trainer's distribution (see :class:`~aas_ray.experiment.distribution.SingleProcess`)
+    as worker ``rank`` of ``world`` Ray Train workers, on ``device``."""
+
+    def __init__(self, cfg: Config, rank: int, world: int, device: torch.device):
         if cfg.train.batch_size % (cfg.train.num_instances * world):
             raise InputError(f"train.batch_size ({cfg.train.batch_size}) must be a multiple of num_instances x "
                              f"workers ({cfg.train.num_instances} x {world})")
-        self.rank, self.world = rank, world
+        self.rank, self.world, self.device = rank, world, device
+        self.per = cfg.train.batch_size // world  # images of each global batch a worker trains on
         self._shares: dict[int, tuple] = {}  # this rank's part of each catalogue it extracts
-        super().__init__(cfg, run_dir, tracker if rank == 0 else NullTracker(), progress=False,
-                         device=ray.train.torch.get_device())
+        self._global_batches = iter(())
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def wrap_model(self, model):
+    def wrap(self, model):
         return prepare_model(model, move_to_device=False)
 
-    def my_batches(self, batches):
+    def shard(self, batches):
         """The same global PK batches on every worker; each trains on its slice of each batch."""
-        per = self.cfg.train.batch_size // self.world
         self._global_batches = iter(batches)
-        return [b[self.rank * per:(self.rank + 1) * per] for b in batches]
+        return [b[self.rank * self.per:(self.rank + 1) * self.per] for b in batches]
 
     def _gather(self, t: torch.Tensor) -> torch.Tensor:
         parts = [torch.empty_like(t) for _ in range(self.world)]
         dist.all_gather(parts, t.contiguous())
         return torch.cat(parts)
 
-    def update_memory(self, feats, idx) -> None:
+    def gather_batch(self, feats, idx):
         """Every worker's features, gathered in rank order, with this step's global batch: the
         ranks' slices in rank order are that batch, known here on the host, so the update
         needs no gather of the indices and no host sync."""
@@ -75,37 +77,33 @@ class DistributedSpCLTrainer(SpCLTrainer):
         per = batch.numel() // self.world
         if not torch.equal(idx, batch[self.rank * per:(self.rank + 1) * per]):
             raise RuntimeError(f"rank {self.rank}: the loader's batch is not this rank's slice of the global batch")
-        self.memory.update(self._gather(feats.float()), batch)
+        return self._gather(feats.float()), batch
 
-    def extract(self, cat) -> np.ndarray:
-        n = len(cat)
-        per = -(-n // self.world)
+    def share(self, cat):
+        """This rank's contiguous part of ``cat`` (the same object each time it is asked)."""
         if id(cat) not in self._shares:
+            n = len(cat)
+            per = -(-n // self.world)
             self._shares[id(cat)] = (cat, cat.subset(np.arange(self.rank * per, min((self.rank + 1) * per, n))))
-        mine = self._shares[id(cat)][1]
-        local = extract_features(self.model, mine, self.cfg.model.image_size, self.cfg.model.batch_size,
-                                 self.cfg.model.workers, self.device, False, amp=self.scaler.is_enabled(),
-                                 loader=self.loader_of(mine))
+        return self._shares[id(cat)][1]
+
+    def gather_rows(self, local: np.ndarray, n: int) -> np.ndarray:
+        per = -(-n // self.world)
         buf = torch.zeros(per, local.shape[1], device=self.device)
-        buf[: len(mine)] = torch.from_numpy(local).to(self.device)
+        buf[: len(local)] = torch.from_numpy(local).to(self.device)
         return self._gather(buf).cpu().numpy()[:n]
 
-    def epoch_labels(self, epoch: int):
-        """Rank 0 clusters, runs the cycle and refines; every rank gets the same labels, or
-        the same pause when the cycle's pairs wait for a person."""
-        box = [None]
-        if self.is_main:
-            got = self.pseudo_labels(epoch)
-            box = [(got, self.state.indep_thres, self.state.cycles)]
+    def broadcast(self, obj):
+        box = [obj]
         dist.broadcast_object_list(box, src=0)
-        got, self.state.indep_thres, self.state.cycles = box[0]
-        return got
+        return box[0]
 
-    def end_epoch(self, epoch: int, metrics: dict) -> None:
+    def checkpointed(self, epoch: int, metrics: dict, folder: RunFolder) -> None:
+        """Ray Train hears of the epoch; rank 0 hands it the run folder's durable files."""
         numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
         numeric["epoch"] = epoch
         if self.is_main:
-            with folder_checkpoint(self.dir, ray.train.Checkpoint) as checkpoint:
+            with folder_checkpoint(folder, ray.train.Checkpoint) as checkpoint:
                 ray.train.report(numeric, checkpoint=checkpoint)
         else:
             ray.train.report(numeric)
@@ -118,20 +116,21 @@ def train_loop_per_worker(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     use_threads(config["threads"])
     cfg = Config.model_validate_json(config["cfg"])
-    run_dir = Path(config["run_dir"])
+    folder = RunFolder(config["run_dir"])
+    distribution = RayDDP(cfg, rank, world, ray.train.torch.get_device())
     if ctx.get_local_rank() == 0:
         # Every node needs the last checkpoint in its run folder: each rank loads its own
         # copy of the model, memory and optimiser state from it (a node new to the run, or
         # one whose folder is behind, takes the last reported checkpoint).
-        run_dir.mkdir(parents=True, exist_ok=True)
-        restore_folder(ray.train.get_checkpoint(), run_dir)
+        folder.dir.mkdir(parents=True, exist_ok=True)
+        restore_folder(ray.train.get_checkpoint(), folder)
     dist.barrier()
     nodes = [None] * world
     dist.all_gather_object(nodes, ray.get_runtime_context().get_node_id())
     tracker = MlflowTracker(config["uri"], config["run_id"]) if rank == 0 and config.get("uri") else None
     if tracker is not None:
         tracker.set_tag("ray_nodes", ",".join(nodes))  # the node of each rank, in rank order
-    trainer = DistributedSpCLTrainer(cfg, run_dir, tracker, rank, world)
+    trainer = SpCLTrainer(cfg, folder, tracker, progress=False, device=distribution.device, dist=distribution)
     trainer.state.tracking_run_id = config.get("run_id")
     trainer.run()
 

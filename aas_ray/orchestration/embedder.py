@@ -21,6 +21,7 @@ import torch
 from aas_ray.config import Config
 from aas_ray.data.images import load_rgb, test_transform
 from aas_ray.experiment.individuals import read_run_outputs
+from aas_ray.experiment.run_folder import WEIGHTS, RunFolder
 from aas_ray.models import ReIDNet, load_trained
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,8 @@ def log_embedder(uri: str, run_id: str, cfg: Config, run_dir: Path) -> str | Non
 
     if (known := logged_model_uri(uri, run_id)) is not None:
         return known
-    model = load_trained(cfg.model, Path(run_dir) / "weights.safetensors")
+    weights = RunFolder(run_dir).file(WEIGHTS)
+    model = load_trained(cfg.model, weights)
     example = input_example(cfg, model, read_run_outputs(run_dir, with_embeddings=False).individuals)
     with torch.no_grad():
         out = model(torch.from_numpy(example)).numpy()
@@ -89,7 +91,7 @@ def log_embedder(uri: str, run_id: str, cfg: Config, run_dir: Path) -> str | Non
         except Exception as err:  # torch.export cannot trace every architecture
             first = str(err).strip().splitlines()[0] if str(err).strip() else ""
             log.warning("the trained model was not logged to MLflow (%s: %s); its weights are in %s",
-                        type(err).__name__, first, Path(run_dir) / "weights.safetensors")
+                        type(err).__name__, first, weights)
             mlflow.set_tag("model_error", f"{type(err).__name__}: {first}"[:500])
             return None
     log.info("model logged to MLflow: runs:/%s/%s", run_id, MODEL)

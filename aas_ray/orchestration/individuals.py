@@ -10,8 +10,9 @@ import numpy as np
 import pandas as pd
 
 from aas_ray.al import Answer
-from aas_ray.experiment.journal import AnnotationJournal, effective
+from aas_ray.experiment.journal import effective
 from aas_ray.experiment.individuals import read_run_outputs
+from aas_ray.experiment.run_folder import RunFolder
 from aas_ray.orchestration.sheets import esc, figure, make_thumbnails, write_page
 
 
@@ -28,7 +29,7 @@ def size_bins(sizes: np.ndarray) -> list[tuple[str, int]]:
 def summarise(run_dir: Path, df: pd.DataFrame) -> dict:
     """Counts a person wants first: individuals, their sizes and the answers behind them."""
     sizes = df.groupby("individual").size().to_numpy()
-    answers = effective(AnnotationJournal(run_dir / "annotations.jsonl").read())
+    answers = effective(RunFolder(run_dir).journal.read())
     kinds = [a.answer for a in answers]
     confirmed = df[df["confirmed_by_person"].astype(bool)]
     return {"images": len(df), "individuals": int((sizes > 1).sum()), "singletons": int((sizes == 1).sum()),

@@ -18,6 +18,7 @@ from aas_ray.data.catalogue import Catalogue
 from aas_ray.eval.individuals import Ranking, rank_individuals
 from aas_ray.experiment.individuals import RunOutputs, read_run_outputs
 from aas_ray.experiment.prepare import checked_catalogue
+from aas_ray.experiment.run_folder import CONFIG, WEIGHTS, RunFolder
 from aas_ray.models import extract_features, load_trained, resolve_device
 from aas_ray.orchestration.sheets import esc, figure, make_thumbnails, plural, write_page
 
@@ -55,9 +56,10 @@ def photo_catalogue(source: str | Path) -> Catalogue:
 def embed_photos(run_dir: Path, cat: Catalogue, device: str | None, progress: bool) -> tuple[Catalogue, np.ndarray]:
     """The readable photos and their embeddings by the run's network, prepared as in training
     (unreadable ones are dropped with a warning naming them)."""
-    cfg = load_config(run_dir / "config.yaml")
+    folder = RunFolder(run_dir)
+    cfg = load_config(folder.file(CONFIG))
     readable = checked_catalogue(cat, cfg, skip_bad=True, progress=progress)
-    model = load_trained(cfg.model, run_dir / "weights.safetensors")
+    model = load_trained(cfg.model, folder.file(WEIGHTS))
     feats = extract_features(model, readable, cfg.model.image_size, cfg.model.batch_size, cfg.model.workers,
                              resolve_device(device or cfg.model.device), progress, desc="embedding photos")
     return readable, feats

@@ -27,9 +27,10 @@ import pandas as pd
 from aas_ray.checks import InputError
 from aas_ray.config import Config, ConfigError, build_config, dump_config, load_config
 from aas_ray.experiment.checkpoint import NoSpaceLeft, RunState
-from aas_ray.experiment.individuals import INDIVIDUALS, OPEN_SET, read_run_outputs
+from aas_ray.experiment.individuals import read_run_outputs
 from aas_ray.experiment.prepare import Experiment, prepare_data, prepare_experiment
 from aas_ray.experiment.pending import awaiting_message
+from aas_ray.experiment.run_folder import ARTIFACTS, CONFIG, EVALS, MAP_VS_BUDGET, STATE, RunFolder
 from aas_ray.experiment.trainer import EpochListener, RunOutcome, SpCLTrainer
 from aas_ray.eval.paired import mean_interval
 from aas_ray.orchestration.compare import BOUNDS, bounds_in_store, config_key, format_paired, gap_closed, paired_table
@@ -48,18 +49,16 @@ STARTED_TAG = "aas_ray.started"
 RUN_DIR_TAG = "aas_ray.run_dir"
 STARTING = ".starting-"
 STARTED_IN = ".tracking_uri"
-ARTIFACTS = ("config.yaml", "split.csv", "pairs.csv", "annotations.jsonl", "cycles.csv", "evals.csv",
-             "map_vs_budget.png", "weights.safetensors", INDIVIDUALS, OPEN_SET)
 TABLE = ("mAP", "mINP", "top1", "top5", "BAKS", "auc_roc", "utilised_budget", "pairs")
 
 
 def find_run_dir(ref: str, output_dir: str, what: str = "resumable run") -> Path:
     """A run folder given its path or its MLflow run id (the folder name)."""
     for p in (Path(ref), Path(output_dir) / ref):
-        if (p / "state.json").is_file():
+        if RunFolder(p).is_run():
             return p
     where = Path(ref) if Path(ref).parent != Path(".") else Path(output_dir) / ref
-    raise InputError(f"no {what} {ref!r}: {where} holds no state.json (give a run folder or an MLflow "
+    raise InputError(f"no {what} {ref!r}: {where} holds no {STATE} (give a run folder or an MLflow "
                      f"run id under {output_dir}/)")
 
 
@@ -84,8 +83,9 @@ def start_run(cfg: Config, uri: str, parent_run_id: str | None = None, extra_tag
     lock = RunLock(staging).acquire()
     try:
         (staging / STARTED_IN).write_text(uri)
-        (staging / "config.yaml").write_text(dump_config(cfg))
-        RunState().save(staging / "state.json")
+        folder = RunFolder(staging)
+        folder.file(CONFIG).write_text(dump_config(cfg))
+        folder.save_state(RunState())
         strategy = cfg.al.strategy
         name = cfg.tracking.run_name or f"{cfg.data.name}-{strategy}-seed{cfg.seed}"
         tags = {"dataset": cfg.data.name, "strategy": strategy, "seed": cfg.seed, "config_key": config_key(cfg),
@@ -102,9 +102,10 @@ def start_run(cfg: Config, uri: str, parent_run_id: str | None = None, extra_tag
 
 def name_folder(staging: Path, tracker: MlflowTracker) -> Path:
     """A started folder records its MLflow run and takes the run id as its name."""
-    state = RunState.load(staging / "state.json")
+    folder = RunFolder(staging)
+    state = folder.load_state()
     state.tracking_run_id = tracker.run_id
-    state.save(staging / "state.json")
+    folder.save_state(state)
     run_dir = staging.parent / tracker.run_id
     staging.rename(run_dir)
     (run_dir / STARTED_IN).unlink(missing_ok=True)
@@ -129,7 +130,7 @@ def recover_started(output_dir: Path, uri: str) -> None:
 def _recover(staging: Path, uri: str) -> None:
     key = staging.name.removeprefix(STARTING)
     try:
-        cfg = load_config(staging / "config.yaml")
+        cfg = load_config(RunFolder(staging).file(CONFIG))
     except ConfigError:
         cfg = None  # killed while writing it: before any MLflow run
     tracker = MlflowTracker.find(uri, cfg.tracking.experiment, STARTED_TAG, key) if cfg is not None else None
@@ -149,7 +150,7 @@ def copied_from(client, run, run_dir: Path, state: RunState) -> str | None:
     run_id = run.info.run_id
     recorded = run.data.tags.get(RUN_DIR_TAG)
     original = Path(recorded) if recorded else run_dir.parent / run_id
-    if original.resolve() != run_dir.resolve() and (original / "state.json").is_file():
+    if original.resolve() != run_dir.resolve() and RunFolder(original).is_run():
         return (f"{run_dir} is a copy of the folder of MLflow run {run_id}, {original}: resuming the copy would "
                 f"change that run; resume {original} instead (or move that folder away to go on from this copy)")
     here = state.epoch_done + 1  # epochs this folder trained (its last train/loss step)
@@ -165,13 +166,14 @@ def resumed_tracker(uri: str, run_dir: Path) -> tuple[MlflowTracker, str]:
     """The tracker of the run ``run_dir`` holds and the run's MLflow status before this
     command; refused for a copy of another run's folder. A folder moved since (its recorded
     place is gone) becomes the run's own."""
-    state = RunState.load(run_dir / "state.json")
+    folder = RunFolder(run_dir)
+    state = folder.load_state()
     if not state.tracking_run_id:
-        raise InputError(f"{run_dir / 'state.json'} names no MLflow run")
+        raise InputError(f"{folder.state_file} names no MLflow run")
     tracker = MlflowTracker(uri, state.tracking_run_id)
     run = tracker.run()
     if run is None:
-        raise InputError(f"{run_dir / 'state.json'} names MLflow run {state.tracking_run_id}, which {uri} does not "
+        raise InputError(f"{folder.state_file} names MLflow run {state.tracking_run_id}, which {uri} does not "
                          "hold: give the --tracking-uri the run was logged to")
     why = copied_from(tracker.client, run, run_dir, state)
     if why:
@@ -183,7 +185,7 @@ def resumed_tracker(uri: str, run_dir: Path) -> tuple[MlflowTracker, str]:
 
 def waits_for_answers(run_dir: Path) -> bool:
     try:
-        return bool(RunState.load(run_dir / "state.json").pending)
+        return bool(RunFolder(run_dir).load_state().pending)
     except InputError:
         return False
 
@@ -201,27 +203,27 @@ def stopped_status(run_dir: Path, before: str | None, err: InputError) -> str:
 
 def interrupted(run_dir: Path) -> str:
     try:
-        after = f" after epoch {RunState.load(run_dir / 'state.json').epoch_done}"
+        after = f" after epoch {RunFolder(run_dir).load_state().epoch_done}"
     except InputError:
         after = ""
     return f"run {run_dir.name} was interrupted{after}; continue it with: aas-ray run --resume {run_dir}"
 
 
-def train_until_pause(cfg: Config, run_dir: Path, tracker, uri: str, progress: bool, workers: int,
+def train_until_pause(cfg: Config, folder: RunFolder, tracker, uri: str, progress: bool, workers: int,
                       experiment: Experiment | None, on_epoch: EpochListener | None = None,
                       storage: Storage = Storage()) -> RunOutcome:
     """Train from the run folder's state to the end or to the next cycle waiting for a person."""
     if workers > 0:
         from aas_ray.orchestration.ddp import train_distributed
 
-        result = train_distributed(cfg, run_dir, workers, uri, tracker.run_id,
+        result = train_distributed(cfg, folder.dir, workers, uri, tracker.run_id,
                                    storage_path=storage.ray_train(cfg.output_dir))
         if result.error is not None:
             raise result.error
-        state = RunState.load(run_dir / "state.json")
-        pending = run_dir / f"pending-cycle-{state.pending['cycle']}.csv" if state.pending else None
+        state = folder.load_state()
+        pending = folder.pending_file(state.pending["cycle"]) if state.pending else None
         return RunOutcome(state.finished, state.evals[-1] if state.evals else {}, pending)
-    return SpCLTrainer(cfg, run_dir, tracker, progress, experiment, on_epoch=on_epoch).run()
+    return SpCLTrainer(cfg, folder, tracker, progress, experiment, on_epoch=on_epoch).run()
 
 
 def train_one(cfg: Config, uri: str, run_dir: Path | None = None, progress: bool = True,
@@ -238,21 +240,22 @@ def train_one(cfg: Config, uri: str, run_dir: Path | None = None, progress: bool
     else:
         lock = RunLock(run_dir).acquire()
     page = None
+    folder = RunFolder(run_dir)
     with lock:
         before = None
         if not fresh:
             tracker, before = resumed_tracker(uri, run_dir)
         tracker.reopen()
         try:
-            outcome = train_until_pause(cfg, run_dir, tracker, uri, progress, workers, experiment, on_epoch, storage)
+            outcome = train_until_pause(cfg, folder, tracker, uri, progress, workers, experiment, on_epoch, storage)
             while not outcome.finished and serve is not None:
                 from aas_ray.orchestration.annotate.page import Page
 
-                page = page or Page(run_dir, **serve)
+                page = page or Page(folder, **serve)
                 tracker.set_tag("waiting_for", page.url)
                 page.wait_until_answered()
                 tracker.set_tag("waiting_for", "")
-                outcome = train_until_pause(cfg, run_dir, tracker, uri, progress, workers, experiment, on_epoch,
+                outcome = train_until_pause(cfg, folder, tracker, uri, progress, workers, experiment, on_epoch,
                                             storage)
         except InputError as err:
             # Bad input found on the way (answers not filled in, a damaged file, a full disk):
@@ -280,10 +283,10 @@ def train_one(cfg: Config, uri: str, run_dir: Path | None = None, progress: bool
             tracker.finish("SCHEDULED")
             return tracker.run_id, outcome
         tracker.set_tag("waiting_for", "")
-        evals = pd.DataFrame(RunState.load(run_dir / "state.json").evals)
-        map_vs_budget({cfg.al.strategy: evals}, run_dir / "map_vs_budget.png", f"{cfg.data.name} / {cfg.al.strategy}")
+        evals = pd.DataFrame(folder.load_state().evals)
+        map_vs_budget({cfg.al.strategy: evals}, folder.file(MAP_VS_BUDGET), f"{cfg.data.name} / {cfg.al.strategy}")
         for name in ARTIFACTS:
-            tracker.log_artifact(run_dir / name)
+            tracker.log_artifact(folder.file(name))
         tracker.log_metrics_once(outputs_metrics(run_dir), step=int(evals["step"].max()))
         if cfg.tracking.log_model:
             log_embedder(uri, tracker.run_id, cfg, run_dir)
@@ -310,7 +313,7 @@ def log_gap_closed(uri: str, cfg: Config, run_id: str, final: dict, known: dict[
         bounds = {**bounds_in_store(tracker.client, exp.experiment_id, config_key(cfg)), **bounds}
     value = gap_closed(final.get("mAP", float("nan")), bounds.get("none"), bounds.get("supervised"))
     if value == value:  # not NaN
-        step = max((e["step"] for e in RunState.load(Path(cfg.output_dir) / run_id / "state.json").evals), default=0)
+        step = max((e["step"] for e in RunFolder(Path(cfg.output_dir) / run_id).load_state().evals), default=0)
         tracker.log_metrics({"eval/gap_closed": value}, step=step)
     return value
 
@@ -322,12 +325,12 @@ def mark_interrupted(output_dir: Path, uri: str) -> None:
     if not root.is_dir():
         return
     recover_started(root, uri)
-    for state_file in root.glob("*/state.json"):
-        run_dir = state_file.parent
+    for folder in RunFolder.under(root):
+        run_dir = folder.dir
         if run_dir.name.startswith(STARTING):
             continue
         try:
-            state = RunState.load(state_file)
+            state = folder.load_state()
         except InputError:
             continue
         if state.finished or state.pending or not state.tracking_run_id or RunLock.is_held(run_dir):
@@ -367,14 +370,23 @@ def _child_setup(threads: int, gpus) -> None:
     use_threads(threads)
 
 
+# Set in a child told to stop: its pool may already hold the next strategy (the executor
+# queues one call ahead), which must then not start.
+_stopping = False
+
+
 def _interrupt_once(signum, frame):
     # Ctrl-C reaches the children from the terminal and again from the driver that stops
     # them: the second must not cut short the first's clean-up (marking the run KILLED).
+    global _stopping
+    _stopping = True
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 
 def _interrupt(signum, frame):
+    global _stopping
+    _stopping = True
     raise KeyboardInterrupt
 
 
@@ -408,6 +420,8 @@ def _stop_children(grace_s: float = 60.0) -> None:
 
 
 def _train_prepared(cfg: Config, uri: str, run_dir: str) -> tuple[str, RunOutcome]:
+    if _stopping:  # left untouched, as the strategies the driver cancelled: --resume starts it
+        raise KeyboardInterrupt(f"{cfg.al.strategy} not started: the run was stopped")
     fmt = logging.Formatter(f"%(asctime)s %(levelname)s [{cfg.al.strategy}] %(name)s: %(message)s", "%H:%M:%S")
     for handler in logging.getLogger().handlers:  # two strategies write to one terminal
         handler.setFormatter(fmt)
@@ -462,7 +476,7 @@ def run_cli(args, cfg: Config, strategies: list[str]) -> int:
     if args.resume:
         recover_started(Path(cfg.output_dir), uri)  # a run killed while being started has its folder
         run_dir = find_run_dir(args.resume, cfg.output_dir)
-        cfg = load_config(run_dir / "config.yaml")
+        cfg = load_config(RunFolder(run_dir).file(CONFIG))
         run_id, outcome = train_one(cfg, uri, run_dir, workers=args.workers, serve=serve_options(args),
                                     storage=storage)
         if outcome.finished:
@@ -503,7 +517,7 @@ def run_cli(args, cfg: Config, strategies: list[str]) -> int:
     for seed in seeds:
         mine = [r for r in rows if r["seed"] == seed]
         evals = {r["strategy"]: pd.read_csv(f) for r in mine
-                 if (f := Path(cfg.output_dir) / r["run_id"] / "evals.csv").is_file()}
+                 if (f := RunFolder(Path(cfg.output_dir) / r["run_id"]).file(EVALS)).is_file()}
         if len(evals) > 1:
             path = map_vs_budget(evals, Path(cfg.output_dir) / f"compare-{cfg.data.name}-seed{seed}.png",
                                  f"{cfg.data.name}, seed {seed}")

@@ -16,28 +16,27 @@ right on one node and an error (before anything starts) on a cluster of several:
 worker on another node writes there would be lost. The image and feature caches
 (``data.cache_dir``) are not storage: each node keeps its own and fills what it lacks.
 
-A run folder (``state.json``, ``checkpoint.pt``, ``annotations.jsonl``, ``pairs.csv``) is
-also what Ray checkpoints hold: :func:`folder_checkpoint` makes one, :func:`restore_folder`
-brings the newer of a checkpoint and the folder into the folder.
+A run folder's durable files (:data:`~aas_ray.experiment.run_folder.DURABLE`: state,
+checkpoint, journal, pairs asked) are also what Ray checkpoints hold: :func:`folder_checkpoint`
+makes one, :func:`restore_folder` brings the newer of a checkpoint and the folder into the
+folder.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from aas_ray.checks import InputError
+from aas_ray.experiment.run_folder import RunFolder
 
 STORAGE_ENV = "AAS_RAY_STORAGE"
 WHERE = f"--storage, a study's `storage:` or {STORAGE_ENV}"
 # URI schemes pyarrow opens (Ray's storage_path goes through pyarrow.fs)
 URI_SCHEMES = ("file", "s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
-# The run folder's files a checkpoint carries (weights, memory and optimiser in checkpoint.pt)
-CHECKPOINT_FILES = ("checkpoint.pt", "state.json", "annotations.jsonl", "pairs.csv")
 # Ray's copies of a run folder's checkpoint: the last and the one before (a restart needs
 # only the last; about 0.4 GB each for ResNet-50)
 CHECKPOINTS_KEPT = 2
@@ -97,32 +96,25 @@ class Storage:
 
 
 @contextmanager
-def folder_checkpoint(run_dir: Path, checkpoint_class):
-    """A Ray checkpoint of the run folder's :data:`CHECKPOINT_FILES`, valid inside the block
-    where ``ray.tune.report`` (``checkpoint_class``: ``ray.tune.Checkpoint``) or
+def folder_checkpoint(folder: RunFolder, checkpoint_class):
+    """A Ray checkpoint of the run folder's durable files, valid inside the block where
+    ``ray.tune.report`` (``checkpoint_class``: ``ray.tune.Checkpoint``) or
     ``ray.train.report`` (``ray.train.Checkpoint``) uploads it."""
     with tempfile.TemporaryDirectory() as tmp:
-        for name in CHECKPOINT_FILES:
-            if (Path(run_dir) / name).exists():
-                shutil.copy2(Path(run_dir) / name, Path(tmp) / name)
+        folder.copy_durable(Path(tmp))
         yield checkpoint_class.from_directory(tmp)
 
 
-def restore_folder(checkpoint, run_dir: Path) -> bool:
-    """Bring ``checkpoint`` (a Ray checkpoint of a run folder, or None) into ``run_dir`` when
+def restore_folder(checkpoint, folder: RunFolder) -> bool:
+    """Bring ``checkpoint`` (a Ray checkpoint of a run folder, or None) into ``folder`` when
     the folder lacks a checkpoint or holds fewer trained epochs; True when it did."""
-    from aas_ray.experiment.checkpoint import RunState
-
     if checkpoint is None:
         return False
-    run_dir = Path(run_dir)
     with checkpoint.as_directory() as d:
-        theirs = RunState.load(Path(d) / "state.json").epoch_done
-        ours = RunState.load(run_dir / "state.json").epoch_done
-        if (run_dir / "checkpoint.pt").exists() and ours >= theirs:
+        theirs = RunFolder(d)
+        behind = folder.load_state().epoch_done < theirs.load_state().epoch_done
+        if folder.checkpoint_file.exists() and not behind:
             return False
-        run_dir.mkdir(parents=True, exist_ok=True)
-        for name in CHECKPOINT_FILES:
-            if (Path(d) / name).exists():
-                shutil.copy2(Path(d) / name, run_dir / name)
+        folder.dir.mkdir(parents=True, exist_ok=True)
+        theirs.copy_durable(folder.dir)
     return True

@@ -25,6 +25,7 @@ import ray
 from ray import tune
 
 from aas_ray.checks import InputError
+from aas_ray.experiment.run_folder import RunFolder
 from aas_ray.orchestration.actors import actor_name, create_actor
 from aas_ray.orchestration.compare import (
     across_datasets,
@@ -132,18 +133,18 @@ def train_trial(cfg, ctx: dict, tags: dict, earlier) -> None:
     run_dir = None
     if earlier is not None:
         recover_started(Path(cfg.output_dir), uri)  # an attempt killed while its folder was made
-        run_dir = Path(cfg.output_dir) / earlier.info.run_id
-        if restore_folder(tune.get_checkpoint(), run_dir):
-            log.info("run folder %s restored from the trial's last checkpoint", run_dir)
-        if (run_dir / "state.json").is_file():
+        folder = RunFolder(Path(cfg.output_dir) / earlier.info.run_id)
+        if restore_folder(tune.get_checkpoint(), folder):
+            log.info("run folder %s restored from the trial's last checkpoint", folder.dir)
+        if folder.is_run():
+            run_dir = folder.dir
             MlflowTracker(uri, earlier.info.run_id).set_tag(NODE_TAG, tags[NODE_TAG])
         else:  # the attempt left neither a folder nor a checkpoint: start again
             MlflowTracker(uri, earlier.info.run_id).finish("KILLED")
-            run_dir = None
     reporter = EpochReporter(cfg, uri, ctx["experiment_id"])
     run_id, outcome = train_one(cfg, uri, run_dir, progress=False, parent_run_id=ctx["parent"], extra_tags=tags,
                                 on_epoch=reporter)
-    with folder_checkpoint(Path(cfg.output_dir) / run_id, tune.Checkpoint) as checkpoint:
+    with folder_checkpoint(RunFolder(Path(cfg.output_dir) / run_id), tune.Checkpoint) as checkpoint:
         tune.report(reporter.result(outcome.final, cfg.train.epochs) | {"mlflow_run_id": run_id},
                     checkpoint=checkpoint)
 
@@ -158,12 +159,12 @@ class EpochReporter:
     def __init__(self, cfg, uri: str, experiment_id: str):
         self.cfg, self.uri, self.experiment_id = cfg, uri, experiment_id
 
-    def __call__(self, epoch: int, metrics: dict, run_dir: Path) -> None:
+    def __call__(self, epoch: int, metrics: dict, folder: RunFolder) -> None:
         if "eval/mAP" not in metrics or epoch == self.cfg.train.epochs - 1:
             return
         row = {k.removeprefix("eval/"): v for k, v in metrics.items() if k.startswith("eval/")}
-        with folder_checkpoint(run_dir, tune.Checkpoint) as checkpoint:
-            tune.report(self.result(row, epoch + 1) | {"mlflow_run_id": run_dir.name}, checkpoint=checkpoint)
+        with folder_checkpoint(folder, tune.Checkpoint) as checkpoint:
+            tune.report(self.result(row, epoch + 1) | {"mlflow_run_id": folder.dir.name}, checkpoint=checkpoint)
 
     def result(self, evaluation: dict, epochs_done: int) -> dict:
         """A report: the evaluation's numbers, ``epoch`` (epochs trained, ASHA's time) and
@@ -484,11 +485,10 @@ def tune_cli(args) -> int:
         results = tuner.fit()
     except BaseException as err:
         parent.finish("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        raise
+    finally:  # the clustering actors serve the trials only
         for a in actors:
             ray.kill(a)
-        raise
-    for a in actors:
-        ray.kill(a)
     resume = shlex.join(["aas-ray", "tune", args.study, *(f"--set={s}" for s in args.set or []), "--resume",
                          parent.run_id])
     return finish_study(results, study, base_cfg, name, uri, parent, resume)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from pathlib import Path
 
+from aas_ray.experiment.run_folder import RunFolder
 from aas_ray.orchestration.annotate.session import AnnotationSession
 from aas_ray.orchestration.annotate.server import serve
 
@@ -15,8 +15,8 @@ log = logging.getLogger(__name__)
 
 
 class Page:
-    def __init__(self, run_dir: Path, host: str = "127.0.0.1", port: int = 8700):
-        self.session = AnnotationSession(run_dir)
+    def __init__(self, folder: RunFolder, host: str = "127.0.0.1", port: int = 8700):
+        self.session = AnnotationSession(folder)
         self.answered = threading.Event()
         self.server, self.url = serve(self.session, host, port, serve_mode=True, on_complete=self.answered.set)
         self.thread = threading.Thread(target=self.server.run, name="annotation-page", daemon=True)
@@ -47,7 +47,7 @@ class Page:
         import pandas as pd
 
         st = self.session.status()
-        path = self.session.dir / f"pending-cycle-{st['cycle']}.csv"
+        path = self.session.folder.pending_file(st["cycle"])
         if not path.is_file():
             return False
         try:

@@ -11,7 +11,6 @@ for undo, a retraction); the journal's history is never edited.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from dataclasses import dataclass
@@ -20,13 +19,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from aas_ray.al import Answer, ConstraintStore, total_pairs
+from aas_ray.al import Answer, total_pairs
 from aas_ray.al.constraints import Annotation
 from aas_ray.checks import InputError
 from aas_ray.config import load_config
-from aas_ray.experiment.journal import AnnotationJournal, effective
-from aas_ray.experiment.checkpoint import RunState
-from aas_ray.experiment.pending import CATALOGUE, IMAGES, checked_pending, load_clusters
+from aas_ray.experiment.journal import effective
+from aas_ray.experiment.run_folder import CONFIG, PAIRS, RunFolder
 
 @dataclass
 class Lease:
@@ -37,20 +35,16 @@ class Lease:
 class AnnotationSession:
     """The pending cycle of one run folder, as a person answers it."""
 
-    def __init__(self, run_dir: Path, lease_s: float = 90.0):
-        self.dir = Path(run_dir).resolve()
+    def __init__(self, folder: RunFolder, lease_s: float = 90.0):
+        self.folder = RunFolder(folder.dir.resolve())
+        self.dir = self.folder.dir
         self.lease_s = lease_s
         self.lock = threading.RLock()
-        self.journal = AnnotationJournal(self.dir / "annotations.jsonl")
-        if not (self.dir / "state.json").is_file():
-            raise InputError(f"{self.dir} is not a run folder (no state.json)")
-        self.cfg = load_config(self.dir / "config.yaml")
-        cat = json.loads((self.dir / CATALOGUE).read_text()) if (self.dir / CATALOGUE).is_file() else None
-        if cat is None or not (self.dir / IMAGES).is_file():
-            raise InputError(f"{self.dir} lists no images to show ({IMAGES}); it was made by an older version: "
-                             "answer its pending CSV instead")
-        self.root = Path(cat["root"])
-        self.images = pd.read_csv(self.dir / IMAGES, keep_default_na=False, dtype={"path": str, "bbox": str})
+        self.journal = self.folder.journal
+        if not self.folder.is_run():
+            raise InputError(f"{self.dir} is not a run folder (no {self.folder.state_file.name})")
+        self.cfg = load_config(self.folder.file(CONFIG))
+        self.root, self.images = self.folder.read_image_table()
         self.leases: dict[int, Lease] = {}
         self.history: dict[str, list[int]] = {}  # per page: pair indices it answered, for undo
         self.reload()
@@ -59,23 +53,19 @@ class AnnotationSession:
     def reload(self) -> None:
         """Read the run's state and journal again (after training moved on, or at start)."""
         with self.lock:
-            self.state = RunState.load(self.dir / "state.json")
-            p = checked_pending(self.state.pending, len(self.images), self.dir / "state.json") \
-                if self.state.pending else None
+            self.state = self.folder.load_state()
+            p = self.folder.pending(self.state, len(self.images)) if self.state.pending else None
             self.cycle = p.cycle if p else None
             self.pairs = p.pairs if p else np.empty((0, 2), np.int64)
             self.pool = p.pool.tolist() if p else []
             self.pair_type = p.pair_type.tolist() if p else []
             self.index = {(int(u), int(v)): i for i, (u, v) in enumerate(self.pairs)}
-            clusters = self.dir / f"pending-cycle-{self.cycle}-clusters.npy"
-            self.clusters = load_clusters(clusters, len(self.images)) if self.cycle and clusters.is_file() else None
+            self.clusters = self.folder.clusters(self.cycle, len(self.images)) if self.cycle else None
             self.records = self.journal.read()
             self._rebuild()
 
     def _rebuild(self) -> None:
-        self.store = ConstraintStore(len(self.images))
-        for a in effective(self.records):
-            self.store.add(a.u, a.v, a.answer, a.cycle, a.source)
+        self.store = self.folder.constraints(len(self.images), self.records)
 
     def answers(self) -> np.ndarray:
         return self.store.answers_for(self.pairs) if len(self.pairs) else np.empty(0, np.int64)
@@ -179,8 +169,8 @@ class AnnotationSession:
         """Every answer that holds, newest first, with its pool when it was one of this run's pairs."""
         with self.lock:
             pools = {}
-            if (self.dir / "pairs.csv").is_file():
-                log = pd.read_csv(self.dir / "pairs.csv")
+            if self.folder.file(PAIRS).is_file():
+                log = pd.read_csv(self.folder.file(PAIRS))
                 pools = {(int(r.u), int(r.v)): str(r.pool) for r in log.itertuples()}
             for (u, v), i in self.index.items():
                 pools[(u, v)] = self.pool[i]
