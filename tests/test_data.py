@@ -63,6 +63,8 @@ def test_missing_root_says_where(tmp_path):
         load_catalogue(DataConfig(name="folder", root=str(tmp_path / "nope")))
     with pytest.raises(DatasetError, match=r"expected its images under .*Lion_Data_Zero"):
         load_catalogue(DataConfig(name="LionData", root=str(tmp_path)))
+    with pytest.raises(DatasetError, match=r"expected its images under .*Nyala_Data_Zero"):
+        load_catalogue(DataConfig(name="NyalaData", root=str(tmp_path)))
     with pytest.raises(DatasetError, match="metadata expected at"):
         load_catalogue(DataConfig(name="ZakynthosTurtles", root=str(tmp_path)))
     with pytest.raises(DatasetError, match="unknown dataset"):

@@ -35,6 +35,11 @@ register(Source(
     subdir="wildlife_reidentification-main/Lion_Data_Zero", ignore_split=True,
     description="94 lions, 740 crops (Dlamini & van Zyl 2020)",
 ))
+register(Source(
+    "NyalaData", "wildlife", wildlife_class="NyalaData",
+    subdir="wildlife_reidentification-main/Nyala_Data_Zero", ignore_split=True,
+    description="237 nyala, 1942 photos (Dlamini & van Zyl 2020)",
+))
 for _name in PAPER_DATASETS:
     register(Source(_name, "wr10k", members=[_name], description="docs/method.md §12 benchmark set (WildlifeReID-10k)"))
 
