@@ -16,10 +16,10 @@ Output layout, one folder per dog, files copied byte for byte (no re-encoding)::
 By default only dogs with at least 6 images are kept (592 dogs, 4995 images). Use
 ``--min-images 2`` to get the whole release (1393 dogs, 8363 images).
 
-Usage (the snapshot's git directory, e.g. the one the search tool's ``fetch`` returns)::
+Usage (GIT_DIR is a clone of that repository, e.g. ``git clone --bare`` of it)::
 
     python benchmarks/data/prepare_dogfacenet.py \\
-        /work/.mirror/fcernafukuzaki+DogFaceNet-Dataset/repo /work/shared/data/DogFaceNet
+        DogFaceNet-Dataset.git ../shared/data/DogFaceNet
 
     # whole release, and decode every image with PIL as a check
     python benchmarks/data/prepare_dogfacenet.py GIT_DIR OUT --min-images 2 --verify
